@@ -1,0 +1,161 @@
+//! Raw images: the file's bytes are the disk's bytes.
+//!
+//! Holes in a sparse file are found with `SEEK_DATA` / `SEEK_HOLE`, so a 100 GiB image with
+//! 2 GiB written reads 2 GiB. On file systems without hole support every region is data.
+//! Block devices are read whole; their size comes from seeking to their end.
+
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::SeekFrom as RawSeek;
+
+use crate::{DiskReader, Extent, ExtentKind, FormatError};
+
+/// A raw image file or block device.
+#[derive(Debug)]
+pub struct RawReader {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    /// False once the file system has said it cannot report holes.
+    seek_holes: bool,
+}
+
+impl RawReader {
+    /// Opens a raw image file or block device for reading.
+    pub fn open(path: &Path) -> Result<Self, FormatError> {
+        let open_error = |source| FormatError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(open_error)?;
+        let file_type = meta.file_type();
+        let what = if file_type.is_dir() {
+            Some("directory")
+        } else if file_type.is_socket() {
+            Some("socket")
+        } else if file_type.is_fifo() {
+            Some("pipe")
+        } else if file_type.is_char_device() {
+            Some("character device")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(FormatError::NotAnImage {
+                path: path.to_owned(),
+                what,
+            });
+        }
+
+        let mut file = File::open(path).map_err(open_error)?;
+        let size = if file_type.is_block_device() {
+            file.seek(SeekFrom::End(0)).map_err(open_error)?
+        } else {
+            meta.len()
+        };
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            size,
+            seek_holes: file_type.is_file(),
+        })
+    }
+
+    /// The path the image was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn data_extent(&self, offset: u64) -> Extent {
+        Extent {
+            offset,
+            length: self.size - offset,
+            kind: ExtentKind::Data,
+        }
+    }
+
+    fn read_error(&self, offset: u64, source: io::Error) -> FormatError {
+        FormatError::Read {
+            path: self.path.clone(),
+            offset,
+            source,
+        }
+    }
+}
+
+impl DiskReader for RawReader {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn extent_at(&mut self, offset: u64) -> Result<Extent, FormatError> {
+        if offset >= self.size {
+            return Err(FormatError::OutOfRange {
+                offset,
+                length: 0,
+                size: self.size,
+            });
+        }
+        if !self.seek_holes {
+            return Ok(self.data_extent(offset));
+        }
+
+        // SEEK_DATA from inside data returns the offset itself; from inside a hole it returns
+        // where the next data starts, or ENXIO when only hole remains.
+        let data_start = match rustix::fs::seek(&self.file, RawSeek::Data(offset)) {
+            Ok(pos) => pos.min(self.size),
+            Err(rustix::io::Errno::NXIO) => self.size,
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+                self.seek_holes = false;
+                return Ok(self.data_extent(offset));
+            }
+            Err(errno) => return Err(self.read_error(offset, errno.into())),
+        };
+        if data_start > offset {
+            return Ok(Extent {
+                offset,
+                length: data_start - offset,
+                kind: ExtentKind::Zero,
+            });
+        }
+
+        let hole_start = match rustix::fs::seek(&self.file, RawSeek::Hole(offset)) {
+            Ok(pos) => pos.min(self.size),
+            Err(rustix::io::Errno::NXIO) => self.size,
+            Err(errno) => return Err(self.read_error(offset, errno.into())),
+        };
+        let end = hole_start.max(offset + 1);
+        Ok(Extent {
+            offset,
+            length: end - offset,
+            kind: ExtentKind::Data,
+        })
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
+        let length = buf.len() as u64;
+        if offset.checked_add(length).is_none_or(|end| end > self.size) {
+            return Err(FormatError::OutOfRange {
+                offset,
+                length,
+                size: self.size,
+            });
+        }
+        match self.file.read_exact_at(buf, offset) {
+            Ok(()) => Ok(()),
+            // The file shrank under us since it was opened.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FormatError::Truncated {
+                path: self.path.clone(),
+                end: self.file.metadata().map(|m| m.len()).unwrap_or(0),
+                wanted: offset + length,
+            }),
+            Err(e) => Err(self.read_error(offset, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+//! The blockyard repository: blocks, manifests and snapshots on object storage.
+//!
+//! A store keeps disks as block-level snapshots. Each disk is cut into fixed-size blocks;
+//! every block with data is named by a keyed BLAKE3 hash of its bytes and stored once,
+//! compressed with zstd and sealed (authenticated, and encrypted when the store is), as its
+//! own object. A snapshot is a list of block ids kept in manifest segments of 4096
+//! positions, and a commit record written last. See [`layout`](crate::layout) for the
+//! objects and `docs/architecture.md` for the reasoning.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use blockyard_store::{Location, NoProgress, SnapshotOptions, SnapshotReader, SnapshotWriter, Store};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), blockyard_store::StoreError> {
+//! let store = Store::init(&Location::Memory, Default::default()).await?;
+//! let block = store.block_size() as usize;
+//!
+//! // Write block 2 of a four-block disk; the rest read as zero.
+//! let writer = SnapshotWriter::begin(&store, SnapshotOptions { size: 4 * block as u64, ..Default::default() }).await?;
+//! writer.put_block(2, vec![7u8; block]).await?;
+//! let record = writer.commit().await?;
+//!
+//! let reader = SnapshotReader::open(&store, &record.id).await?;
+//! assert_eq!(reader.read_block(2).await?, Some(vec![7u8; block]));
+//! assert_eq!(reader.read_block(0).await?, None);
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+mod check;
+mod codec;
+mod config;
+mod error;
+mod ingest;
+pub mod layout;
+mod location;
+mod progress;
+mod reader;
+mod restore;
+mod segment;
+mod snapshot;
+mod store;
+mod writer;
+
+pub use check::{CheckOptions, CheckReport, Problem, check};
+pub use config::{
+    DEFAULT_BLOCK_SIZE, FORMAT_VERSION, KeyDomainConfig, SEGMENT_BLOCKS, StoreConfig,
+};
+pub use error::{Result, StoreError};
+pub use ingest::{CreateOptions, DEFAULT_CONCURRENCY, create_snapshot};
+pub use location::Location;
+pub use progress::{NoProgress, Progress};
+pub use reader::{ChangedBlock, SnapshotReader, diff};
+pub use restore::{RestoreOptions, RestoreSummary, restore};
+pub use segment::Segment;
+pub use snapshot::{BlockCounts, SnapshotId, SnapshotRecord, WriteStats};
+pub use store::{InitOptions, Store};
+pub use writer::{Fill, PutOutcome, SnapshotOptions, SnapshotWriter};

@@ -1,0 +1,406 @@
+//! Writing a snapshot: blocks in any order, then one commit.
+//!
+//! A [`SnapshotWriter`] serves three kinds of producers:
+//!
+//! - a full image read front to back (`snapshot create`, `import`): every position is put,
+//!   positions never put read as zero ([`Fill::Zero`]), and finished segments are sealed as
+//!   the stream advances so that memory does not grow with the disk;
+//! - a client putting changed blocks in any order on top of a parent (the EBS direct API,
+//!   a dirty-tracking volume, a qcow2 overlay): positions never put keep the parent's block
+//!   ([`Fill::Parent`]), and segments nobody touched are reused from the parent as they are;
+//! - many tasks at once: every method takes `&self`.
+//!
+//! Nothing is visible to readers until [`SnapshotWriter::commit`] writes the commit record.
+//! A writer dropped before that leaves only blocks and segments, which the next writer of
+//! the same data reuses and garbage collection removes otherwise.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use blockyard_crypto::ObjectId;
+use chrono::Utc;
+use tokio::sync::Semaphore;
+
+use crate::Store;
+use crate::error::{Result, StoreError};
+use crate::segment::Segment;
+use crate::snapshot::{BlockCounts, SnapshotId, SnapshotRecord, WriteStats};
+
+/// What positions that were never put read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fill {
+    /// Zero: the producer puts every position that holds data.
+    #[default]
+    Zero,
+    /// The parent's block at the same position: the producer puts only what changed.
+    Parent,
+}
+
+/// How to start a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions {
+    /// The disk's size in bytes.
+    pub size: u64,
+    /// The snapshot this one follows. With [`Fill::Zero`] it only makes deduplication
+    /// cheaper; with [`Fill::Parent`] it supplies every position not put.
+    pub parent: Option<SnapshotId>,
+    /// What unput positions read as.
+    pub fill: Fill,
+    /// Free text for the record.
+    pub description: String,
+    /// User tags for the record.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// What happened to one block put into a writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The block was all zero and is not stored.
+    Zero,
+    /// The store lacked the block; it was uploaded.
+    New {
+        /// Bytes uploaded.
+        stored: u64,
+    },
+    /// The store already had the block.
+    Reused,
+}
+
+/// An open snapshot. See the module docs.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    store: Store,
+    id: SnapshotId,
+    options: SnapshotOptions,
+    parent: Option<SnapshotRecord>,
+    block_count: u64,
+    /// Blocks known to be in the store or being uploaded by this writer: the parent's, and
+    /// every block put so far. A hit here skips even the existence check.
+    known: Mutex<HashSet<ObjectId>>,
+    /// Positions put and not yet folded into a sealed segment.
+    pending: Mutex<BTreeMap<u64, Option<ObjectId>>>,
+    /// Segments already sealed, by segment number, with their data-position count.
+    sealed: tokio::sync::Mutex<BTreeMap<u64, (ObjectId, u64)>>,
+    /// Bounds CPU-heavy work (compression, sealing) to the number of cores.
+    cpu: Arc<Semaphore>,
+    blocks_new: AtomicU64,
+    blocks_reused: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_stored: AtomicU64,
+}
+
+impl SnapshotWriter {
+    /// Opens a new snapshot in `store`. With a parent, its block list is loaded so that
+    /// unchanged blocks are recognised without asking the store.
+    pub async fn begin(store: &Store, options: SnapshotOptions) -> Result<Self> {
+        let block_size = store.block_size();
+        let block_count = options.size.div_ceil(block_size);
+        if options.size == 0 {
+            return Err(StoreError::InvalidArgument(
+                "a snapshot's size must not be zero".into(),
+            ));
+        }
+        if options.fill == Fill::Parent && options.parent.is_none() {
+            return Err(StoreError::InvalidArgument(
+                "a snapshot that keeps its parent's blocks needs a parent".into(),
+            ));
+        }
+
+        let mut known = HashSet::new();
+        let parent = match &options.parent {
+            Some(id) => {
+                let record = store.snapshot(id).await?;
+                if record.block_size != block_size {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "parent {id} has {}-byte blocks; this store uses {block_size}",
+                        record.block_size
+                    )));
+                }
+                for segment_id in unique(&record.segments) {
+                    let segment = store.read_segment(&segment_id).await?;
+                    known.extend(segment.entries().iter().flatten().copied());
+                }
+                Some(record)
+            }
+            None => None,
+        };
+
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Ok(Self {
+            store: store.clone(),
+            id: SnapshotId::generate(),
+            options,
+            parent,
+            block_count,
+            known: Mutex::new(known),
+            pending: Mutex::new(BTreeMap::new()),
+            sealed: tokio::sync::Mutex::new(BTreeMap::new()),
+            cpu: Arc::new(Semaphore::new(cores)),
+            blocks_new: AtomicU64::new(0),
+            blocks_reused: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_stored: AtomicU64::new(0),
+        })
+    }
+
+    /// The id the snapshot will have once committed.
+    pub fn id(&self) -> SnapshotId {
+        self.id
+    }
+
+    /// Blocks the snapshot has.
+    pub fn block_count(&self) -> u64 {
+        self.block_count
+    }
+
+    /// The disk's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.options.size
+    }
+
+    /// The length of block `index`: the block size, or less for a short last block.
+    pub fn block_len(&self, index: u64) -> u64 {
+        let block_size = self.store.block_size();
+        self.options
+            .size
+            .saturating_sub(index.saturating_mul(block_size))
+            .min(block_size)
+    }
+
+    /// Puts a block's bytes at `index`, hashing them on the blocking pool.
+    pub async fn put_block(&self, index: u64, data: Vec<u8>) -> Result<PutOutcome> {
+        self.check_block(index, data.len())?;
+        if blockyard_formats::is_zero(&data) {
+            self.put_zero(index)?;
+            return Ok(PutOutcome::Zero);
+        }
+        let store = self.store.clone();
+        let (id, data) = tokio::task::spawn_blocking(move || (store.block_id(&data), data))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        self.put_identified(index, id, data).await
+    }
+
+    /// Puts a block whose id the caller computed with [`Store::block_id`] (a reader thread
+    /// that hashes as it reads saves a hop). The block must not be all zero.
+    pub async fn put_identified(
+        &self,
+        index: u64,
+        id: ObjectId,
+        data: Vec<u8>,
+    ) -> Result<PutOutcome> {
+        self.check_block(index, data.len())?;
+        self.bytes_read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+
+        let outcome = match self.store_block(id, data).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Forget the claim, so that a retry of this block uploads it again.
+                lock(&self.known).remove(&id);
+                return Err(e);
+            }
+        };
+        match outcome {
+            PutOutcome::New { stored } => {
+                self.blocks_new.fetch_add(1, Ordering::Relaxed);
+                self.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+            }
+            _ => {
+                self.blocks_reused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        lock(&self.pending).insert(index, Some(id));
+        Ok(outcome)
+    }
+
+    /// Marks the block at `index` as reading zero.
+    pub fn put_zero(&self, index: u64) -> Result<()> {
+        self.check_index(index)?;
+        lock(&self.pending).insert(index, None);
+        Ok(())
+    }
+
+    /// Seals and uploads every segment whose positions all lie below `index`: a producer
+    /// writing front to back calls this as it goes so that memory stays bounded. Only for
+    /// [`Fill::Zero`] writers, whose earlier positions can no longer change.
+    pub async fn seal_segments_below(&self, index: u64) -> Result<()> {
+        if self.options.fill != Fill::Zero {
+            return Ok(());
+        }
+        let per = u64::from(self.store.config().segment_blocks);
+        drop(
+            self.seal_segments(index.min(self.block_count) / per)
+                .await?,
+        );
+        Ok(())
+    }
+
+    /// Writes the remaining segments and the commit record. The snapshot exists from the
+    /// moment this returns `Ok`; if it fails or the process dies first, it does not.
+    pub async fn commit(self) -> Result<SnapshotRecord> {
+        let per = u64::from(self.store.config().segment_blocks);
+        let sealed = self.seal_segments(self.block_count.div_ceil(per)).await?;
+        let segments: Vec<ObjectId> = sealed.values().map(|(id, _)| *id).collect();
+        let data: u64 = sealed.values().map(|(_, data)| *data).sum();
+        drop(sealed);
+
+        let record = SnapshotRecord {
+            id: self.id,
+            created: Utc::now(),
+            size: self.options.size,
+            block_size: self.store.block_size(),
+            segment_blocks: self.store.config().segment_blocks,
+            parent: self.options.parent,
+            description: self.options.description.clone(),
+            tags: self.options.tags.clone(),
+            blocks: BlockCounts {
+                total: self.block_count,
+                data,
+                zero: self.block_count - data,
+            },
+            stats: WriteStats {
+                blocks_new: self.blocks_new.load(Ordering::Relaxed),
+                blocks_reused: self.blocks_reused.load(Ordering::Relaxed),
+                bytes_read: self.bytes_read.load(Ordering::Relaxed),
+                bytes_stored: self.bytes_stored.load(Ordering::Relaxed),
+            },
+            segments,
+        };
+        record.validate()?;
+
+        // Every block and segment must be durable before the record that points at them.
+        self.store.sync().await?;
+        self.store.put_record(&record).await?;
+        tracing::debug!(snapshot = %record.id, blocks = record.blocks.total, "committed");
+        Ok(record)
+    }
+
+    /// Seals every segment numbered below `count` that is not sealed yet.
+    async fn seal_segments(
+        &self,
+        count: u64,
+    ) -> Result<tokio::sync::MutexGuard<'_, BTreeMap<u64, (ObjectId, u64)>>> {
+        let mut sealed = self.sealed.lock().await;
+        for segment_no in 0..count {
+            if let Entry::Vacant(slot) = sealed.entry(segment_no) {
+                slot.insert(self.build_segment(segment_no).await?);
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// Uploads a block unless the store has it.
+    async fn store_block(&self, id: ObjectId, data: Vec<u8>) -> Result<PutOutcome> {
+        let claimed = lock(&self.known).insert(id);
+        if !claimed || self.store.has_block(&id).await? {
+            return Ok(PutOutcome::Reused);
+        }
+
+        let permit = Arc::clone(&self.cpu)
+            .acquire_owned()
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = self.store.clone();
+        let sealed = tokio::task::spawn_blocking(move || {
+            let sealed = store.encode_block(&id, &data);
+            drop(permit);
+            sealed
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        let stored = sealed.len() as u64;
+        self.store.put_block(&id, sealed).await?;
+        Ok(PutOutcome::New { stored })
+    }
+
+    /// Builds segment `segment_no` from the base (zero or the parent's) and the positions
+    /// put, uploads it if the store lacks it, and returns its id and data count.
+    async fn build_segment(&self, segment_no: u64) -> Result<(ObjectId, u64)> {
+        let per = u64::from(self.store.config().segment_blocks);
+        let start = segment_no * per;
+        let end = (start + per).min(self.block_count);
+        let positions = u32::try_from(end - start).unwrap_or(u32::MAX);
+        let puts: Vec<(u64, Option<ObjectId>)> = {
+            let mut pending = lock(&self.pending);
+            let rest = pending.split_off(&end);
+            let taken = std::mem::replace(&mut *pending, rest);
+            let (below, mine): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                taken.into_iter().partition(|(i, _)| *i < start);
+            pending.extend(below);
+            mine.into_iter().collect()
+        };
+
+        let parent_segment = match (&self.parent, self.options.fill) {
+            (Some(parent), Fill::Parent) => usize::try_from(segment_no).ok().and_then(|s| {
+                parent
+                    .segments
+                    .get(s)
+                    .map(|id| (*id, parent.positions_in_segment(s)))
+            }),
+            _ => None,
+        };
+        let mut segment = match parent_segment {
+            // An untouched stretch of the parent is shared, not rewritten.
+            Some((id, parent_positions)) if puts.is_empty() && parent_positions == positions => {
+                let data = self.store.read_segment(&id).await?.data_count() as u64;
+                return Ok((id, data));
+            }
+            Some((id, _)) => {
+                let base = self.store.read_segment(&id).await?;
+                let mut segment = Segment::zeroed(positions);
+                for (i, entry) in base.entries().iter().enumerate().take(positions as usize) {
+                    segment.set(i, *entry);
+                }
+                segment
+            }
+            None => Segment::zeroed(positions),
+        };
+        for (index, entry) in puts {
+            segment.set(usize::try_from(index - start).unwrap_or(usize::MAX), entry);
+        }
+
+        let (id, stored) = self.store.put_segment(&segment).await?;
+        self.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        Ok((id, segment.data_count() as u64))
+    }
+
+    fn check_index(&self, index: u64) -> Result<()> {
+        if index < self.block_count {
+            Ok(())
+        } else {
+            Err(StoreError::BlockOutOfRange {
+                index,
+                blocks: self.block_count,
+            })
+        }
+    }
+
+    fn check_block(&self, index: u64, len: usize) -> Result<()> {
+        self.check_index(index)?;
+        let expected = self.block_len(index);
+        if len as u64 == expected {
+            Ok(())
+        } else {
+            Err(StoreError::InvalidArgument(format!(
+                "block {index} has {len} bytes; it must have {expected}"
+            )))
+        }
+    }
+}
+
+/// Each id once, in first-seen order.
+pub(crate) fn unique(ids: &[ObjectId]) -> Vec<ObjectId> {
+    let mut seen = HashSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind, never a broken
+    // invariant, so a poisoned lock is still safe to use.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
