@@ -1,0 +1,165 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Ship machine images to CI fleets: block-level snapshots in a deduplicating, compressed,
+/// encrypted store on local disk or S3.
+#[derive(Debug, Parser)]
+#[command(name = "blockyard", version, max_term_width = 100)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// The store: a name from the config file, a path, file:///path, s3://bucket/prefix or
+    /// memory://. Default: the config file's default_store, else a store in the user's data
+    /// directory.
+    #[arg(long, global = true, env = "BLOCKYARD_STORE", value_name = "STORE")]
+    pub(crate) store: Option<String>,
+
+    /// The config file. Default: ./blockyard.toml, else blockyard/config.toml in the user's
+    /// config directory.
+    #[arg(long, global = true, env = "BLOCKYARD_CONFIG", value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) key: KeyArgs,
+
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
+
+    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+/// Where the master key of an encrypted store comes from; at most one.
+#[derive(Debug, Args, Clone, Default)]
+#[group(multiple = false)]
+pub(crate) struct KeyArgs {
+    /// Read the master key from a file (at least 16 bytes; a trailing newline is ignored).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) key_file: Option<PathBuf>,
+
+    /// Take a passphrase from this environment variable; it is stretched with Argon2id.
+    #[arg(long, global = true, value_name = "VAR")]
+    pub(crate) passphrase_env: Option<String>,
+
+    /// Run this shell command and use its standard output as the master key (a KMS or Vault
+    /// client, for example).
+    #[arg(long, global = true, value_name = "CMD")]
+    pub(crate) key_command: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create or inspect a store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Create, list, inspect, compare and delete snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Write a snapshot out as a raw disk: a sparse file or a block device.
+    Restore(RestoreArgs),
+    /// Verify the store's structure and, with --read-data, its blocks.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Create a store. With --encrypt, the master key comes from --key-file,
+    /// --passphrase-env or --key-command.
+    Init(InitArgs),
+    /// Show a store's settings.
+    Info,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Where to create the store; default: the --store store.
+    pub(crate) location: Option<String>,
+    /// Block size, as 512K, 1M or bytes: a power of two from 4K to 64M.
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
+    pub(crate) block_size: Option<u64>,
+    /// Encrypt the store.
+    #[arg(long)]
+    pub(crate) encrypt: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SnapshotCommand {
+    /// Snapshot a raw image file or block device.
+    Create(CreateArgs),
+    /// List snapshots, oldest first.
+    List,
+    /// Show one snapshot's record.
+    Show {
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// List the block indexes that hold data.
+    Blocks {
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// List the block indexes whose content differs between two snapshots.
+    Diff {
+        /// The first snapshot.
+        first: String,
+        /// The second snapshot.
+        second: String,
+    },
+    /// Delete a snapshot's record; blocks no other snapshot uses are left for gc.
+    Delete {
+        /// The snapshot.
+        snapshot: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// A raw image file or block device.
+    pub(crate) source: PathBuf,
+    /// A snapshot this one probably shares blocks with; makes the dedup check cheaper.
+    #[arg(long, value_name = "SNAP")]
+    pub(crate) parent: Option<String>,
+    /// Free text stored with the snapshot.
+    #[arg(long, default_value = "")]
+    pub(crate) description: String,
+    /// A tag, as key=value; may be repeated.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = crate::units::parse_tag)]
+    pub(crate) tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The snapshot.
+    pub(crate) snapshot: String,
+    /// A file to create (sparse) or a block device to overwrite.
+    pub(crate) output: PathBuf,
+    /// Replace OUTPUT if it is an existing file.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Read every block and verify its authentication tag and id.
+    #[arg(long)]
+    pub(crate) read_data: bool,
+    /// With --read-data, read only this percentage of blocks, chosen at random.
+    #[arg(long, value_name = "PERCENT", requires = "read_data", value_parser = crate::units::parse_percent)]
+    pub(crate) sample: Option<f64>,
+}

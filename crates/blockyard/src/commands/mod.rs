@@ -1,0 +1,49 @@
+//! One module per command group; each turns parsed options into store calls and output.
+
+mod check;
+mod restore;
+mod snapshot;
+mod store;
+
+use anyhow::{Context, Result};
+use blockyard_store::{SnapshotId, Store};
+
+use crate::cli::{Cli, Command};
+use crate::output::Output;
+use crate::settings::{ConfigFile, StoreChoice, master_key};
+
+/// Runs the command the user asked for.
+pub(crate) async fn run(cli: Cli) -> Result<()> {
+    let config = ConfigFile::load(cli.global.config.as_deref())?;
+    let out = Output {
+        json: cli.global.json,
+        quiet: cli.global.quiet,
+    };
+    match &cli.command {
+        Command::Store(command) => store::run(command, &config, &cli.global, out).await,
+        Command::Snapshot(command) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            snapshot::run(command, &store, out).await
+        }
+        Command::Restore(args) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            restore::run(args, &store, out).await
+        }
+        Command::Check(args) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            check::run(args, &store, out).await
+        }
+    }
+}
+
+/// Opens the chosen store with its master key, if it has one.
+async fn open(choice: &StoreChoice) -> Result<Store> {
+    let key = master_key(&choice.key)?;
+    Ok(Store::open(&choice.location, key.as_ref()).await?)
+}
+
+/// Parses a snapshot id given on the command line.
+fn snapshot_id(text: &str) -> Result<SnapshotId> {
+    text.parse()
+        .context("give a snapshot id as printed by `blockyard snapshot list`")
+}

@@ -1,0 +1,203 @@
+//! `blockyard snapshot create|list|show|blocks|diff|delete`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use blockyard_formats::raw::RawReader;
+use blockyard_store::{
+    CreateOptions, SnapshotReader, SnapshotRecord, Store, create_snapshot, diff,
+};
+use serde_json::json;
+
+use super::snapshot_id;
+use crate::cli::{CreateArgs, SnapshotCommand};
+use crate::output::{Output, Unit};
+use crate::units::bytes;
+
+pub(crate) async fn run(command: &SnapshotCommand, store: &Store, out: Output) -> Result<()> {
+    match command {
+        SnapshotCommand::Create(args) => create(args, store, out).await,
+        SnapshotCommand::List => {
+            let records = store.snapshots().await?;
+            let rows: Vec<_> = records.iter().map(summary).collect();
+            out.emit(&json!({ "snapshots": rows }), || {
+                let mut text = String::new();
+                for r in &records {
+                    let _ = writeln!(
+                        text,
+                        "{}  {}  {:>10}  {:>10} data  {}",
+                        r.id,
+                        r.created.format("%Y-%m-%d %H:%M:%S"),
+                        bytes(r.size),
+                        bytes(r.blocks.data * r.block_size),
+                        r.description
+                    );
+                }
+                text
+            })?;
+            Ok(())
+        }
+        SnapshotCommand::Show { snapshot } => {
+            let record = store.snapshot(&snapshot_id(snapshot)?).await?;
+            out.emit(&record, || {
+                let tags: Vec<String> = record
+                    .tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!(
+                    "snapshot:    {}\ncreated:     {}\nsize:        {} ({} bytes)\n\
+                     blocks:      {} total, {} data, {} zero, {} each\nparent:      {}\n\
+                     description: {}\ntags:        {}\nwritten:     {} new, {} reused, \
+                     {} stored\nsegments:    {}",
+                    record.id,
+                    record.created.to_rfc3339(),
+                    bytes(record.size),
+                    record.size,
+                    record.blocks.total,
+                    record.blocks.data,
+                    record.blocks.zero,
+                    bytes(record.block_size),
+                    record
+                        .parent
+                        .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                    record.description,
+                    tags.join(" "),
+                    record.stats.blocks_new,
+                    record.stats.blocks_reused,
+                    bytes(record.stats.bytes_stored),
+                    record.segments.len(),
+                )
+            })?;
+            Ok(())
+        }
+        SnapshotCommand::Blocks { snapshot } => {
+            let reader = SnapshotReader::open(store, &snapshot_id(snapshot)?).await?;
+            let blocks = reader.data_blocks().await?;
+            let rows: Vec<_> = blocks
+                .iter()
+                .map(|(index, id)| json!({ "index": index, "block": id.to_string() }))
+                .collect();
+            out.emit(
+                &json!({
+                    "snapshot": reader.record().id.to_string(),
+                    "block_size": reader.record().block_size,
+                    "volume_size": reader.record().size,
+                    "blocks": rows,
+                }),
+                || {
+                    blocks.iter().fold(String::new(), |mut text, (index, _)| {
+                        let _ = writeln!(text, "{index}");
+                        text
+                    })
+                },
+            )?;
+            Ok(())
+        }
+        SnapshotCommand::Diff { first, second } => {
+            let a = SnapshotReader::open(store, &snapshot_id(first)?).await?;
+            let b = SnapshotReader::open(store, &snapshot_id(second)?).await?;
+            let changed = diff(&a, &b).await?;
+            let rows: Vec<_> = changed
+                .iter()
+                .map(|c| {
+                    json!({
+                        "index": c.index,
+                        "first": c.first.map(|id| id.to_string()),
+                        "second": c.second.map(|id| id.to_string()),
+                    })
+                })
+                .collect();
+            out.emit(
+                &json!({
+                    "first": a.record().id.to_string(),
+                    "second": b.record().id.to_string(),
+                    "block_size": a.record().block_size,
+                    "changed": rows,
+                }),
+                || {
+                    changed.iter().fold(String::new(), |mut text, c| {
+                        let _ = writeln!(text, "{}", c.index);
+                        text
+                    })
+                },
+            )?;
+            Ok(())
+        }
+        SnapshotCommand::Delete { snapshot } => {
+            let id = snapshot_id(snapshot)?;
+            store.delete_snapshot(&id).await?;
+            out.emit(&json!({ "deleted": id.to_string() }), || {
+                format!(
+                    "deleted {id}; blocks no other snapshot uses are freed by garbage collection"
+                )
+            })?;
+            Ok(())
+        }
+    }
+}
+
+async fn create(args: &CreateArgs, store: &Store, out: Output) -> Result<()> {
+    let started = Instant::now();
+    let source = args.source.clone();
+    let reader = tokio::task::spawn_blocking(move || RawReader::open(&source))
+        .await
+        .context("the source could not be opened")??;
+    let parent = args.parent.as_deref().map(snapshot_id).transpose()?;
+    let options = CreateOptions {
+        parent,
+        description: args.description.clone(),
+        tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
+        concurrency: 0,
+    };
+    let bar = out.progress("snapshot", Unit::Bytes);
+    let record = create_snapshot(store, reader, options, bar.clone())
+        .await
+        .with_context(|| format!("cannot snapshot {}", args.source.display()))?;
+    bar.finish();
+    let seconds = started.elapsed().as_secs_f64();
+
+    let mut document = summary(&record);
+    document["seconds"] = json!(seconds);
+    document["source"] = json!(args.source.display().to_string());
+    out.emit(&document, || {
+        format!(
+            "{} committed in {seconds:.2} s\n  disk   {} in {} blocks: {} data, {} zero\n  \
+             blocks {} new, {} already stored\n  bytes  {} read, {} stored",
+            record.id,
+            bytes(record.size),
+            record.blocks.total,
+            record.blocks.data,
+            record.blocks.zero,
+            record.stats.blocks_new,
+            record.stats.blocks_reused,
+            bytes(record.stats.bytes_read),
+            bytes(record.stats.bytes_stored),
+        )
+    })?;
+    Ok(())
+}
+
+/// The JSON summary of a snapshot, shared by `create` and `list`.
+fn summary(record: &SnapshotRecord) -> serde_json::Value {
+    json!({
+        "snapshot": record.id.to_string(),
+        "created": record.created.to_rfc3339(),
+        "size": record.size,
+        "block_size": record.block_size,
+        "parent": record.parent.map(|p| p.to_string()),
+        "description": record.description,
+        "tags": record.tags,
+        "blocks": {
+            "total": record.blocks.total,
+            "data": record.blocks.data,
+            "zero": record.blocks.zero,
+            "new": record.stats.blocks_new,
+            "reused": record.stats.blocks_reused,
+        },
+        "bytes_read": record.stats.bytes_read,
+        "bytes_stored": record.stats.bytes_stored,
+    })
+}

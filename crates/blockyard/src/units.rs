@@ -1,0 +1,94 @@
+//! Parsing and printing sizes and other small values of the command line.
+
+/// Parses a size: bytes, or a number with K, M, G or T (powers of 1024; KiB etc. also work).
+pub(crate) fn parse_size(input: &str) -> Result<u64, String> {
+    let text = input.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{input:?} is not a size"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown size unit {other:?} in {input:?}")),
+    };
+    number
+        .checked_shl(shift)
+        .filter(|v| v >> shift == number)
+        .ok_or_else(|| format!("{input:?} is too large"))
+}
+
+/// Parses a `key=value` tag.
+pub(crate) fn parse_tag(input: &str) -> Result<(String, String), String> {
+    match input.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("tag {input:?} is not of the form key=value")),
+    }
+}
+
+/// Parses a percentage from 0 to 100.
+pub(crate) fn parse_percent(input: &str) -> Result<f64, String> {
+    let value: f64 = input
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{input:?} is not a number"))?;
+    if (0.0..=100.0).contains(&value) && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{input} is not a percentage above 0 and at most 100"
+        ))
+    }
+}
+
+/// Prints bytes for people: 1.5 GiB.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("K").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn tags_need_a_key() {
+        assert_eq!(parse_tag("os=debian"), Ok(("os".into(), "debian".into())));
+        assert_eq!(parse_tag("empty="), Ok(("empty".into(), String::new())));
+        assert!(parse_tag("=x").is_err());
+        assert!(parse_tag("novalue").is_err());
+    }
+
+    #[test]
+    fn byte_counts_print_in_binary_units() {
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+}
