@@ -1,0 +1,264 @@
+//! The store's behaviour, as one suite that every backend runs.
+//!
+//! Each case is an `async fn` taking a [`Backend`]: a place to make stores plus a raw handle
+//! on the objects behind them, for the cases that tamper with stored bytes. The
+//! `backend_tests!` macro turns every case into one `#[tokio::test]` per backend, named
+//! `<backend>::<case>`.
+//!
+//! Adding a backend is one factory and one line. For S3 that would be an `async fn s3()`
+//! returning a [`Backend`] whose location is a fresh `Location::S3` prefix, whose `objects`
+//! is an `AmazonS3` client wrapped in a `PrefixStore` for that same prefix, and whose access
+//! is [`Access::ByLocation`]; then `backend_tests!(s3);`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use blockyard_crypto::MasterKey;
+use blockyard_store::{DEFAULT_BLOCK_SIZE, InitOptions, Location, Store, StoreError};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use tempfile::TempDir;
+
+// The cases live in `suite/`; `#[path]` keeps them out of Cargo's sight, which would
+// otherwise build every file directly under `tests/` as a test binary of its own.
+#[path = "suite/damage.rs"]
+mod damage;
+#[path = "suite/known_bugs.rs"]
+mod known_bugs;
+#[path = "suite/restore.rs"]
+mod restore;
+#[path = "suite/snapshots.rs"]
+mod snapshots;
+#[path = "suite/stores.rs"]
+mod stores;
+#[path = "suite/support.rs"]
+mod support;
+
+// `backend_tests!` reaches every case through these imports.
+use damage::*;
+use known_bugs::*;
+use restore::*;
+use snapshots::*;
+use stores::*;
+use support::{KEY, raw_key, small_blocks};
+
+/// How the suite reaches a backend's stores.
+enum Access {
+    /// `Store::init_on` / `Store::open_on` over one shared object store: the only way to
+    /// open an in-memory store twice.
+    Shared,
+    /// `Store::init` / `Store::open` with the location, as the command line does.
+    ByLocation,
+}
+
+/// A place to make stores in, and a second handle on the objects stored there.
+struct Backend {
+    location: Location,
+    /// Reaches the same objects as the stores do, bypassing them.
+    objects: Arc<dyn ObjectStore>,
+    access: Access,
+    /// Keeps a local store's folder alive for the test's length.
+    _dir: Option<TempDir>,
+}
+
+async fn memory() -> Backend {
+    Backend {
+        location: Location::Memory,
+        objects: Arc::new(InMemory::new()),
+        access: Access::Shared,
+        _dir: None,
+    }
+}
+
+async fn local() -> Backend {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("store");
+    // The raw handle needs the folder to exist; `init` accepts an existing empty folder.
+    std::fs::create_dir(&path).expect("store folder");
+    let objects = LocalFileSystem::new_with_prefix(&path).expect("local object store");
+    Backend {
+        location: Location::Local(path),
+        objects: Arc::new(objects),
+        access: Access::ByLocation,
+        _dir: Some(dir),
+    }
+}
+
+impl Backend {
+    async fn init(&self, options: InitOptions) -> Result<Store, StoreError> {
+        match self.access {
+            Access::Shared => {
+                let block_size = options.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+                let objects = Arc::clone(&self.objects);
+                Store::init_on(
+                    objects,
+                    self.location.clone(),
+                    block_size,
+                    options.master_key,
+                )
+                .await
+            }
+            Access::ByLocation => Store::init(&self.location, options).await,
+        }
+    }
+
+    async fn open(&self, master_key: Option<&MasterKey>) -> Result<Store, StoreError> {
+        match self.access {
+            Access::Shared => {
+                let objects = Arc::clone(&self.objects);
+                Store::open_on(objects, self.location.clone(), master_key).await
+            }
+            Access::ByLocation => Store::open(&self.location, master_key).await,
+        }
+    }
+
+    /// A new unencrypted store of 64 KiB blocks.
+    async fn plain_store(&self) -> Store {
+        self.init(small_blocks(None)).await.expect("init")
+    }
+
+    /// A new store of 64 KiB blocks encrypted under [`KEY`].
+    async fn encrypted_store(&self) -> Store {
+        self.init(small_blocks(Some(raw_key(KEY))))
+            .await
+            .expect("init")
+    }
+
+    async fn read_object(&self, path: &str) -> Vec<u8> {
+        let result = self.objects.get(&Path::from(path)).await.expect("get");
+        result.bytes().await.expect("object bytes").to_vec()
+    }
+
+    async fn write_object(&self, path: &str, bytes: Vec<u8>) {
+        let path = Path::from(path);
+        self.objects.put(&path, bytes.into()).await.expect("put");
+    }
+
+    async fn delete_object(&self, path: &str) {
+        self.objects
+            .delete(&Path::from(path))
+            .await
+            .expect("delete");
+    }
+
+    /// The bytes of every object in the store, by path.
+    async fn all_objects(&self) -> BTreeMap<String, Vec<u8>> {
+        let metas: Vec<_> = self.objects.list(None).try_collect().await.expect("list");
+        let mut objects = BTreeMap::new();
+        for meta in metas {
+            let path = meta.location.to_string();
+            let bytes = self.read_object(&path).await;
+            objects.insert(path, bytes);
+        }
+        objects
+    }
+
+    /// Rewrites the store's config with `edit` applied to its JSON.
+    async fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&self.read_object("config").await).expect("config is JSON");
+        edit(&mut config);
+        let bytes = serde_json::to_vec_pretty(&config).expect("JSON");
+        self.write_object("config", bytes).await;
+    }
+}
+
+/// Generates one `#[tokio::test]` per case for the backend that `$backend()` makes.
+macro_rules! backend_tests {
+    ($backend:ident) => {
+        mod $backend {
+            backend_tests!(@cases $backend:
+                init_then_open_gives_the_same_block_size_and_key_domain,
+                init_on_an_existing_store_fails_with_already_exists_and_changes_nothing,
+                opening_an_empty_location_fails_with_not_a_store_that_says_to_run_init,
+                an_encrypted_store_refuses_to_open_without_a_key,
+                an_encrypted_store_refuses_a_wrong_key,
+                an_encrypted_store_opens_with_its_key_and_reads_its_snapshots,
+                a_passphrase_store_opens_with_the_passphrase_only,
+                a_config_of_a_newer_format_version_is_refused_with_upgrade_advice,
+                a_config_requiring_an_unknown_feature_is_refused_naming_the_feature,
+                a_snapshot_written_out_of_order_reads_back_block_for_block,
+                data_blocks_and_record_counts_name_exactly_the_blocks_with_data,
+                a_second_snapshot_of_identical_data_uploads_nothing_without_a_parent,
+                a_second_snapshot_of_identical_data_naming_its_parent_uploads_nothing,
+                a_fill_parent_child_shares_the_segments_it_did_not_touch,
+                a_fill_parent_child_reads_as_its_parent_except_the_changed_blocks,
+                diff_of_parent_and_fill_parent_child_lists_exactly_the_changed_blocks,
+                a_fill_parent_child_can_zero_a_block_its_parent_holds,
+                putting_the_same_block_twice_stores_it_once,
+                concurrent_puts_of_one_block_from_many_tasks_upload_it_once,
+                a_block_of_the_wrong_length_is_refused_and_leaves_no_trace,
+                a_block_index_past_the_end_is_refused_and_leaves_no_trace,
+                a_writer_dropped_without_commit_leaves_no_snapshot,
+                a_rerun_after_an_abandoned_writer_reuses_its_uploaded_blocks,
+                a_deleted_snapshot_is_gone_while_others_sharing_its_blocks_still_read,
+                a_block_object_overwritten_with_garbage_reads_as_corrupt,
+                a_block_object_with_any_one_byte_flipped_reads_as_corrupt,
+                a_deleted_block_object_reads_as_missing,
+                check_passes_a_healthy_store_reading_every_block,
+                check_with_read_data_reports_a_damaged_block_naming_its_snapshot,
+                check_names_every_snapshot_that_shares_a_damaged_block,
+                check_without_read_data_passes_a_damaged_block_that_is_present,
+                check_reports_a_deleted_block_as_missing_naming_its_snapshot,
+                an_unencrypted_store_keeps_incompressible_blocks_as_they_are,
+                an_encrypted_store_holds_no_plaintext_of_blocks_or_descriptions,
+                restore_reproduces_the_snapshot_byte_for_byte,
+                restore_leaves_zero_blocks_as_holes,
+                restore_refuses_to_overwrite_an_existing_file,
+                restore_with_overwrite_replaces_an_existing_larger_file,
+                create_snapshot_from_a_sparse_raw_image_round_trips,
+                create_snapshot_of_a_disk_spanning_three_segments_keeps_every_block,
+                begin_refuses_an_empty_disk_and_a_fill_parent_writer_without_a_parent,
+                a_block_object_replaced_by_another_valid_block_reads_as_corrupt,
+                a_commit_record_copied_under_another_snapshots_name_is_refused,
+                check_reports_a_damaged_manifest_segment_naming_its_snapshots,
+                check_counts_the_blocks_of_an_abandoned_writer_as_unreferenced,
+                #[ignore = "bug: a put below a sealed segment returns Ok and is dropped"]
+                a_put_below_sealed_segments_is_refused_or_kept,
+                #[ignore = "bug: a child inherits parent edge blocks of the wrong length"]
+                a_grown_fill_parent_child_is_refused_or_reads_as_the_grown_parent,
+                #[ignore = "bug: a child inherits parent edge blocks of the wrong length"]
+                a_shrunk_fill_parent_child_is_refused_or_reads_as_the_cut_parent,
+                #[ignore = "bug: delete_snapshot reads the record first and fails on damage"]
+                a_snapshot_with_a_damaged_commit_record_can_be_deleted,
+            );
+        }
+    };
+    (@cases $backend:ident: $($(#[$attr:meta])* $case:ident),* $(,)?) => {
+        $(
+            $(#[$attr])*
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let backend = super::$backend().await;
+                super::$case(&backend).await;
+            }
+        )*
+    };
+}
+
+backend_tests!(memory);
+backend_tests!(local);
+
+// ---------------------------------------------------------------------------------------
+// Local disk only
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn opening_a_local_folder_that_does_not_exist_fails_with_not_a_store() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let location = Location::Local(dir.path().join("nothing-here"));
+
+    let result = Store::open(&location, None).await;
+
+    assert!(
+        matches!(result, Err(StoreError::NotAStore { .. })),
+        "{result:?}"
+    );
+    assert!(
+        !dir.path().join("nothing-here").exists(),
+        "open created the folder"
+    );
+}
