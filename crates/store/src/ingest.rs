@@ -1,15 +1,17 @@
 //! The snapshot pipeline: a disk image in, a committed snapshot out.
 //!
 //! ```text
-//!  reader thread            async tasks (bounded)                  blocking pool (cores)
-//!  read, zero-check, hash → known? exists? ─ no ─→ upload ←──────── compress + seal
-//!                                 └─ yes → record the id only
+//!  reader thread          async tasks (bounded)                         blocking pool
+//!  read, zero-check  ──→  hash ───────────────────────────────────────→ keyed BLAKE3
+//!                         known? exists? ─ no ─→ upload ←───────────── compress + seal
+//!                                └─ yes → record the id only
 //! ```
 //!
-//! The reader thread stays one block ahead of hashing, so reading and hashing (cheap) run
-//! on one thread while compression and sealing (70% of the work) use every core. At most
-//! `concurrency` blocks are in flight between them, which bounds memory whatever the
-//! image size: with 512 KiB blocks and the default of 32, about 40 MiB.
+//! The reader thread only reads and skips zeros; hashing, compression and sealing run on
+//! the blocking pool, so every core works whether a night is mostly new blocks (compression
+//! dominates) or mostly known ones (hashing dominates). At most `concurrency` blocks are in
+//! flight, which bounds memory whatever the image size: with 512 KiB blocks and the default
+//! of 32, about 40 MiB.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -41,7 +43,7 @@ pub struct CreateOptions {
 
 enum Item {
     Zero(u64),
-    Data(u64, blockyard_crypto::ObjectId, Vec<u8>),
+    Data(u64, Vec<u8>),
 }
 
 /// Reads a whole disk and commits it as a snapshot of `store`.
@@ -77,7 +79,6 @@ where
         options.concurrency
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Item>>(concurrency);
-    let hasher = store.clone();
     let read_thread = std::thread::Builder::new()
         .name("blockyard-read".into())
         .spawn(move || {
@@ -86,7 +87,7 @@ where
                     .map_err(StoreError::from)
                     .map(|(index, block)| match block {
                         Block::Zero => Item::Zero(index),
-                        Block::Data(data) => Item::Data(index, hasher.block_id(&data), data),
+                        Block::Data(data) => Item::Data(index, data),
                     });
                 let failed = item.is_err();
                 // A closed channel means the consumer gave up; stop reading.
@@ -106,10 +107,7 @@ where
         .map(|item| async move {
             match item? {
                 Item::Zero(index) => writer_ref.put_zero(index).map(|()| index),
-                Item::Data(index, id, data) => writer_ref
-                    .put_identified(index, id, data)
-                    .await
-                    .map(|_| index),
+                Item::Data(index, data) => writer_ref.put_nonzero(index, data).await.map(|_| index),
             }
         })
         .buffer_unordered(concurrency);

@@ -81,6 +81,8 @@ pub struct SnapshotWriter {
     known: Mutex<HashSet<ObjectId>>,
     /// Positions put and not yet folded into a sealed segment.
     pending: Mutex<BTreeMap<u64, Option<ObjectId>>>,
+    /// Every position below this lies in a sealed segment and can no longer be put.
+    sealed_below: AtomicU64,
     /// Segments already sealed, by segment number, with their data-position count.
     sealed: tokio::sync::Mutex<BTreeMap<u64, (ObjectId, u64)>>,
     /// Bounds CPU-heavy work (compression, sealing) to the number of cores.
@@ -127,6 +129,19 @@ impl SnapshotWriter {
             None => None,
         };
 
+        if let (Some(parent), Fill::Parent) = (&parent, options.fill) {
+            // Inherited blocks keep their length, so an edge block of another length than
+            // the new size needs would make the snapshot unreadable.
+            let aligned = |size: u64| size.is_multiple_of(block_size);
+            if parent.size != options.size && !(aligned(parent.size) && aligned(options.size)) {
+                return Err(StoreError::InvalidArgument(format!(
+                    "a snapshot that keeps the blocks of {} ({} bytes) must have its size, or \
+                     both sizes must be multiples of the {block_size}-byte block",
+                    parent.id, parent.size
+                )));
+            }
+        }
+
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Ok(Self {
             store: store.clone(),
@@ -136,6 +151,7 @@ impl SnapshotWriter {
             block_count,
             known: Mutex::new(known),
             pending: Mutex::new(BTreeMap::new()),
+            sealed_below: AtomicU64::new(0),
             sealed: tokio::sync::Mutex::new(BTreeMap::new()),
             cpu: Arc::new(Semaphore::new(cores)),
             blocks_new: AtomicU64::new(0),
@@ -176,6 +192,11 @@ impl SnapshotWriter {
             self.put_zero(index)?;
             return Ok(PutOutcome::Zero);
         }
+        self.put_nonzero(index, data).await
+    }
+
+    /// Puts a block the caller knows is not all zero.
+    pub(crate) async fn put_nonzero(&self, index: u64, data: Vec<u8>) -> Result<PutOutcome> {
         let store = self.store.clone();
         let (id, data) = tokio::task::spawn_blocking(move || (store.block_id(&data), data))
             .await
@@ -231,10 +252,12 @@ impl SnapshotWriter {
             return Ok(());
         }
         let per = u64::from(self.store.config().segment_blocks);
-        drop(
-            self.seal_segments(index.min(self.block_count) / per)
-                .await?,
-        );
+        let complete = index.min(self.block_count) / per;
+        // Refuse later puts into these segments before sealing them, so that none slips in
+        // between and is lost.
+        self.sealed_below
+            .fetch_max(complete * per, Ordering::SeqCst);
+        drop(self.seal_segments(complete).await?);
         Ok(())
     }
 
@@ -368,14 +391,18 @@ impl SnapshotWriter {
     }
 
     fn check_index(&self, index: u64) -> Result<()> {
-        if index < self.block_count {
-            Ok(())
-        } else {
-            Err(StoreError::BlockOutOfRange {
+        if index >= self.block_count {
+            return Err(StoreError::BlockOutOfRange {
                 index,
                 blocks: self.block_count,
-            })
+            });
         }
+        if index < self.sealed_below.load(Ordering::SeqCst) {
+            return Err(StoreError::InvalidArgument(format!(
+                "block {index} lies in a manifest segment that is already sealed"
+            )));
+        }
+        Ok(())
     }
 
     fn check_block(&self, index: u64, len: usize) -> Result<()> {

@@ -26,8 +26,8 @@ use tempfile::TempDir;
 // otherwise build every file directly under `tests/` as a test binary of its own.
 #[path = "suite/damage.rs"]
 mod damage;
-#[path = "suite/known_bugs.rs"]
-mod known_bugs;
+#[path = "suite/regressions.rs"]
+mod regressions;
 #[path = "suite/restore.rs"]
 mod restore;
 #[path = "suite/snapshots.rs"]
@@ -39,7 +39,7 @@ mod support;
 
 // `backend_tests!` reaches every case through these imports.
 use damage::*;
-use known_bugs::*;
+use regressions::*;
 use restore::*;
 use snapshots::*;
 use stores::*;
@@ -171,6 +171,7 @@ macro_rules! backend_tests {
     ($backend:ident) => {
         mod $backend {
             backend_tests!(@cases $backend:
+                // stores.rs
                 init_then_open_gives_the_same_block_size_and_key_domain,
                 init_on_an_existing_store_fails_with_already_exists_and_changes_nothing,
                 opening_an_empty_location_fails_with_not_a_store_that_says_to_run_init,
@@ -180,6 +181,10 @@ macro_rules! backend_tests {
                 a_passphrase_store_opens_with_the_passphrase_only,
                 a_config_of_a_newer_format_version_is_refused_with_upgrade_advice,
                 a_config_requiring_an_unknown_feature_is_refused_naming_the_feature,
+                an_unencrypted_store_keeps_incompressible_blocks_as_they_are,
+                an_encrypted_store_holds_no_plaintext_of_blocks_or_descriptions,
+
+                // snapshots.rs
                 a_snapshot_written_out_of_order_reads_back_block_for_block,
                 data_blocks_and_record_counts_name_exactly_the_blocks_with_data,
                 a_second_snapshot_of_identical_data_uploads_nothing_without_a_parent,
@@ -195,6 +200,9 @@ macro_rules! backend_tests {
                 a_writer_dropped_without_commit_leaves_no_snapshot,
                 a_rerun_after_an_abandoned_writer_reuses_its_uploaded_blocks,
                 a_deleted_snapshot_is_gone_while_others_sharing_its_blocks_still_read,
+                begin_refuses_an_empty_disk_and_a_fill_parent_writer_without_a_parent,
+
+                // damage.rs
                 a_block_object_overwritten_with_garbage_reads_as_corrupt,
                 a_block_object_with_any_one_byte_flipped_reads_as_corrupt,
                 a_deleted_block_object_reads_as_missing,
@@ -203,26 +211,23 @@ macro_rules! backend_tests {
                 check_names_every_snapshot_that_shares_a_damaged_block,
                 check_without_read_data_passes_a_damaged_block_that_is_present,
                 check_reports_a_deleted_block_as_missing_naming_its_snapshot,
-                an_unencrypted_store_keeps_incompressible_blocks_as_they_are,
-                an_encrypted_store_holds_no_plaintext_of_blocks_or_descriptions,
+                a_block_object_replaced_by_another_valid_block_reads_as_corrupt,
+                a_commit_record_copied_under_another_snapshots_name_is_refused,
+                check_reports_a_damaged_manifest_segment_naming_its_snapshots,
+                check_counts_the_blocks_of_an_abandoned_writer_as_unreferenced,
+
+                // restore.rs
                 restore_reproduces_the_snapshot_byte_for_byte,
                 restore_leaves_zero_blocks_as_holes,
                 restore_refuses_to_overwrite_an_existing_file,
                 restore_with_overwrite_replaces_an_existing_larger_file,
                 create_snapshot_from_a_sparse_raw_image_round_trips,
                 create_snapshot_of_a_disk_spanning_three_segments_keeps_every_block,
-                begin_refuses_an_empty_disk_and_a_fill_parent_writer_without_a_parent,
-                a_block_object_replaced_by_another_valid_block_reads_as_corrupt,
-                a_commit_record_copied_under_another_snapshots_name_is_refused,
-                check_reports_a_damaged_manifest_segment_naming_its_snapshots,
-                check_counts_the_blocks_of_an_abandoned_writer_as_unreferenced,
-                #[ignore = "bug: a put below a sealed segment returns Ok and is dropped"]
+
+                // regressions.rs
                 a_put_below_sealed_segments_is_refused_or_kept,
-                #[ignore = "bug: a child inherits parent edge blocks of the wrong length"]
                 a_grown_fill_parent_child_is_refused_or_reads_as_the_grown_parent,
-                #[ignore = "bug: a child inherits parent edge blocks of the wrong length"]
                 a_shrunk_fill_parent_child_is_refused_or_reads_as_the_cut_parent,
-                #[ignore = "bug: delete_snapshot reads the record first and fails on damage"]
                 a_snapshot_with_a_damaged_commit_record_can_be_deleted,
             );
         }

@@ -17,12 +17,12 @@ use crate::support::{
 };
 
 /// A folder for restore outputs.
-pub(crate) fn output_dir() -> TempDir {
+fn output_dir() -> TempDir {
     tempfile::tempdir().expect("temporary folder")
 }
 
 /// The bytes a disk of `size` holding `blocks` consists of.
-pub(crate) fn disk_bytes(size: u64, blocks: &[(u64, Vec<u8>)]) -> Vec<u8> {
+fn disk_bytes(size: u64, blocks: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut bytes = vec![0u8; usize::try_from(size).expect("size fits in memory")];
     for (index, data) in blocks {
         let start = usize::try_from(*index).expect("index") * BLOCK;
@@ -137,7 +137,7 @@ pub(crate) async fn restore_with_overwrite_replaces_an_existing_larger_file(back
 /// A sparse raw image of 3 MiB and 5000 bytes (49 blocks, the last short): noise in block 0,
 /// a run crossing from block 16 into 17, zeros written (allocated) over block 30, and noise
 /// in the short last block.
-pub(crate) fn sparse_image(dir: &TempDir) -> (PathBuf, Vec<u8>) {
+fn sparse_image(dir: &TempDir) -> (PathBuf, Vec<u8>) {
     let size = 3 * (1 << 20) + 5000;
     let path = dir.path().join("source.raw");
     let file = std::fs::File::create(&path).expect("create");

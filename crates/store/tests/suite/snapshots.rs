@@ -16,7 +16,7 @@ use crate::support::{
 
 /// A parent spanning three segments with data in each, and a [`Fill::Parent`] child that
 /// changes block 5000 and writes block 6000 (zero in the parent), both in segment 1.
-pub(crate) struct Family {
+struct Family {
     parent: SnapshotRecord,
     child: SnapshotRecord,
     /// The child's expected contents: index to bytes, for blocks with data.
@@ -25,9 +25,9 @@ pub(crate) struct Family {
     parent_blocks: BTreeMap<u64, Vec<u8>>,
 }
 
-pub(crate) const CHANGED: [u64; 2] = [5000, 6000];
+const CHANGED: [u64; 2] = [5000, 6000];
 
-pub(crate) async fn family(store: &Store) -> Family {
+async fn family(store: &Store) -> Family {
     let parent_blocks: BTreeMap<u64, Vec<u8>> = [3, 4095, 4096, 5000, 8191, 8192, 9599]
         .into_iter()
         .map(|index| (index, noise(index, BLOCK)))

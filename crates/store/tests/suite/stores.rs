@@ -12,7 +12,7 @@ use crate::support::{
 };
 
 /// Text that an encrypted store must never hold in clear.
-pub(crate) const MARKER: &[u8] = b"BLOCKYARD-PLAINTEXT-MARKER-7f3a9c";
+const MARKER: &[u8] = b"BLOCKYARD-PLAINTEXT-MARKER-7f3a9c";
 
 pub(crate) async fn init_then_open_gives_the_same_block_size_and_key_domain(backend: &Backend) {
     let created = backend.plain_store().await;
@@ -179,7 +179,7 @@ pub(crate) async fn a_config_requiring_an_unknown_feature_is_refused_naming_the_
 
 /// A block of noise with [`MARKER`] every 4 KiB: too random for zstd to shrink by the 3%
 /// that would make the store compress it, so any plaintext copy keeps the marker intact.
-pub(crate) fn marked_block() -> Vec<u8> {
+fn marked_block() -> Vec<u8> {
     let mut block = noise(7, BLOCK);
     for start in (0..BLOCK).step_by(4096) {
         block[start..start + MARKER.len()].copy_from_slice(MARKER);
@@ -187,7 +187,7 @@ pub(crate) fn marked_block() -> Vec<u8> {
     block
 }
 
-pub(crate) fn marked_options() -> SnapshotOptions {
+fn marked_options() -> SnapshotOptions {
     let marker = String::from_utf8(MARKER.to_vec()).expect("ASCII");
     SnapshotOptions {
         description: format!("description {marker}"),

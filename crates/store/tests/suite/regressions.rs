@@ -1,5 +1,5 @@
-//! Bugs found by the suite. Each case states the contract the store should keep; its
-//! test is ignored until the bug is fixed.
+//! Regression tests, one per bug the suite found. Each case states the contract the store
+//! keeps.
 
 use blockyard_store::{
     Fill, SnapshotOptions, SnapshotReader, SnapshotRecord, SnapshotWriter, Store, StoreError,
@@ -10,8 +10,8 @@ use crate::support::{
     BLOCK, BLOCK_SIZE, noise, read_every_block, two_snapshots, write_snapshot, zero_fill,
 };
 
-/// `seal_segments_below` makes later puts below the mark a contract breach, but
-/// `put_block` still answers `Ok(New)` and the block silently never reaches the manifest.
+/// A put below `seal_segments_below`'s mark used to answer `Ok(New)` while the block never
+/// reached the manifest; it must be refused or kept.
 pub(crate) async fn a_put_below_sealed_segments_is_refused_or_kept(backend: &Backend) {
     let store = backend.plain_store().await;
     let writer = SnapshotWriter::begin(&store, zero_fill(2 * 4096 * BLOCK_SIZE))
@@ -36,7 +36,7 @@ pub(crate) async fn a_put_below_sealed_segments_is_refused_or_kept(backend: &Bac
 
 /// Commits a [`Fill::Parent`] child of `size` on `parent` with nothing put, or returns the
 /// refusal.
-pub(crate) async fn resized_child(
+async fn resized_child(
     store: &Store,
     parent: &SnapshotRecord,
     size: u64,
@@ -50,9 +50,8 @@ pub(crate) async fn resized_child(
     SnapshotWriter::begin(store, options).await?.commit().await
 }
 
-/// A child larger than a parent with a short last block inherits that short block at a
-/// position where the child needs a full one: the commit succeeds and the block then fails
-/// to read as Corrupt, so the snapshot cannot be restored.
+/// A child larger than a parent with a short last block used to inherit that short block
+/// where it needs a full one, and commit a snapshot that could not be restored.
 pub(crate) async fn a_grown_fill_parent_child_is_refused_or_reads_as_the_grown_parent(
     backend: &Backend,
 ) {
@@ -71,8 +70,8 @@ pub(crate) async fn a_grown_fill_parent_child_is_refused_or_reads_as_the_grown_p
     assert_eq!(read_every_block(&store, &child.id).await, expected);
 }
 
-/// The same bug the other way: a smaller child keeps the parent's full block where its own
-/// last block is 10 bytes long.
+/// The same the other way: a smaller child must not keep the parent's full block where its
+/// own last block is 10 bytes long.
 pub(crate) async fn a_shrunk_fill_parent_child_is_refused_or_reads_as_the_cut_parent(
     backend: &Backend,
 ) {
@@ -87,8 +86,8 @@ pub(crate) async fn a_shrunk_fill_parent_child_is_refused_or_reads_as_the_cut_pa
     assert_eq!(read_every_block(&store, &child.id).await, expected);
 }
 
-/// `delete_snapshot` reads the record first, to report a missing snapshot, and so also fails
-/// on a damaged one: the snapshot `check` names as damaged can never be deleted.
+/// `delete_snapshot` used to read the record first and so failed on a damaged one: the
+/// snapshot `check` names as damaged must stay deletable.
 pub(crate) async fn a_snapshot_with_a_damaged_commit_record_can_be_deleted(backend: &Backend) {
     let store = backend.plain_store().await;
     let (a, b) = two_snapshots(&store).await;
