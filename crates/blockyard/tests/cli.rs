@@ -282,6 +282,7 @@ fn user_mistakes_get_one_line_errors_that_say_what_to_do() {
     let bad_id = fx.fails(&["snapshot", "show", "snap-xyz"]);
     let unknown = fx.fails(&["snapshot", "show", "snap-0123456789abcdef0123456789abcdef"]);
     let twice = fx.fails(&["store", "init"]);
+    let char_device = fx.fails(&["snapshot", "create", "/dev/zero"]);
 
     assert!(no_store.contains("blockyard store init"), "{no_store}");
     assert!(
@@ -292,7 +293,16 @@ fn user_mistakes_get_one_line_errors_that_say_what_to_do() {
     assert!(bad_id.contains("snap- followed by 32"), "{bad_id}");
     assert!(unknown.contains("not found"), "{unknown}");
     assert!(twice.contains("already exists"), "{twice}");
-    for message in [no_store, missing, directory, bad_id, unknown, twice] {
+    assert!(char_device.contains("character device"), "{char_device}");
+    for message in [
+        no_store,
+        missing,
+        directory,
+        bad_id,
+        unknown,
+        twice,
+        char_device,
+    ] {
         assert_eq!(message.trim_end().lines().count(), 1, "{message}");
         assert!(message.starts_with("error: "), "{message}");
     }
@@ -521,6 +531,87 @@ fn delete_removes_one_snapshot_and_keeps_the_others_readable() {
             .contains("not found")
     );
     fx.ok(&["restore", &second, fx.path("out").to_str().expect("p")]);
+}
+
+#[test]
+fn a_loop_block_device_is_snapshotted_and_restored_in_place() {
+    let fx = Fixture::new();
+    fx.init();
+    let image = fx.ext4_image("night1.img", 16, 5);
+    let target = fx.qemu_raw_image("target.raw", 16 << 20, &[(0, random_bytes(1 << 20, 6))]);
+    let Some(source_device) = LoopDevice::attach(&image) else {
+        eprintln!("skipped: attaching a loop device needs root and a loop driver");
+        return;
+    };
+    let target_device = LoopDevice::attach(&target).expect("second loop device");
+
+    let summary = fx.snapshot(&source_device.0, &[]);
+    let id = summary["snapshot"].as_str().expect("id");
+    fx.ok(&["restore", id, target_device.0.to_str().expect("p")]);
+    drop(target_device);
+
+    assert_eq!(summary["size"], 16 << 20);
+    // The target's old random megabyte must be gone where the image has zeros.
+    assert_eq!(
+        std::fs::read(&target).expect("target"),
+        std::fs::read(&image).expect("image")
+    );
+}
+
+/// A loop device attached to a file, detached on drop.
+struct LoopDevice(std::path::PathBuf);
+
+impl LoopDevice {
+    fn attach(file: &std::path::Path) -> Option<Self> {
+        let output = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        let path = String::from_utf8(output.stdout).ok()?;
+        Some(Self(path.trim().into()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_damaged_commit_record_is_listed_as_damaged_and_can_be_deleted() {
+    let fx = Fixture::new();
+    fx.init();
+    let image = fx.qemu_raw_image("disk.raw", 4 * BLOCK, &[(0, random_bytes(500, 9))]);
+    let good = fx.snapshot(&image, &[])["snapshot"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let bad = fx.snapshot(&image, &[])["snapshot"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    std::fs::write(fx.store().join("snapshots").join(&bad), b"garbage").expect("damage");
+
+    let listed = fx.json(&["snapshot", "list"]);
+    fx.ok(&["snapshot", "delete", &bad]);
+    let after = fx.json(&["snapshot", "list"]);
+
+    let rows = listed["snapshots"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["snapshot"], good.as_str());
+    assert_eq!(rows[1]["snapshot"], bad.as_str());
+    assert!(
+        rows[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("damaged")),
+        "{listed}"
+    );
+    assert_eq!(after["snapshots"].as_array().map(Vec::len), Some(1));
 }
 
 struct Unmount(std::path::PathBuf);

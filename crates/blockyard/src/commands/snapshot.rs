@@ -20,23 +20,30 @@ pub(crate) async fn run(command: &SnapshotCommand, store: &Store, out: Output) -
     match command {
         SnapshotCommand::Create(args) => create(args, store, out).await,
         SnapshotCommand::List => {
-            let records = store.snapshots().await?;
-            let rows: Vec<_> = records.iter().map(summary).collect();
-            out.emit(&json!({ "snapshots": rows }), || {
-                let mut text = String::new();
-                for r in &records {
-                    let _ = writeln!(
-                        text,
-                        "{}  {}  {:>10}  {:>10} data  {}",
-                        r.id,
-                        r.created.format("%Y-%m-%d %H:%M:%S"),
-                        bytes(r.size),
-                        bytes(r.blocks.data * r.block_size),
-                        r.description
-                    );
+            // One damaged record must not hide the others: list it with its error.
+            let mut rows = Vec::new();
+            let mut text = String::new();
+            for id in store.snapshot_ids().await? {
+                match store.snapshot(&id).await {
+                    Ok(r) => {
+                        rows.push(summary(&r));
+                        let _ = writeln!(
+                            text,
+                            "{}  {}  {:>10}  {:>10} data  {}",
+                            r.id,
+                            r.created.format("%Y-%m-%d %H:%M:%S"),
+                            bytes(r.size),
+                            bytes(r.blocks.data * r.block_size),
+                            r.description
+                        );
+                    }
+                    Err(e) => {
+                        rows.push(json!({ "snapshot": id.to_string(), "error": e.to_string() }));
+                        let _ = writeln!(text, "{id}  damaged: {e}");
+                    }
                 }
-                text
-            })?;
+            }
+            out.emit(&json!({ "snapshots": rows }), || text)?;
             Ok(())
         }
         SnapshotCommand::Show { snapshot } => {
