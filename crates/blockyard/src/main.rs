@@ -73,8 +73,17 @@ fn report(error: &anyhow::Error) -> ExitCode {
     {
         return ExitCode::SUCCESS;
     }
-    let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
-    let mut line = chain.join(": ");
+    // Some libraries print their source inside their own message; say each part once.
+    let mut line = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if line.contains(cause.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
     let disk_full = error
         .chain()
         .filter_map(|e| e.downcast_ref::<blockyard_store::StoreError>())
