@@ -79,6 +79,10 @@ pub struct SnapshotWriter {
     /// Blocks known to be in the store or being uploaded by this writer: the parent's, and
     /// every block put so far. A hit here skips even the existence check.
     known: Mutex<HashSet<ObjectId>>,
+    /// Blocks whose upload failed and has not succeeded since. Another put of the same
+    /// content may have been answered "reused" while the failed upload was in flight, so
+    /// commit refuses while any are left.
+    unsettled: Mutex<HashSet<ObjectId>>,
     /// Positions put and not yet folded into a sealed segment.
     pending: Mutex<BTreeMap<u64, Option<ObjectId>>>,
     /// Every position below this lies in a sealed segment and can no longer be put.
@@ -150,6 +154,7 @@ impl SnapshotWriter {
             parent,
             block_count,
             known: Mutex::new(known),
+            unsettled: Mutex::new(HashSet::new()),
             pending: Mutex::new(BTreeMap::new()),
             sealed_below: AtomicU64::new(0),
             sealed: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -221,6 +226,7 @@ impl SnapshotWriter {
             Err(e) => {
                 // Forget the claim, so that a retry of this block uploads it again.
                 lock(&self.known).remove(&id);
+                lock(&self.unsettled).insert(id);
                 return Err(e);
             }
         };
@@ -264,6 +270,13 @@ impl SnapshotWriter {
     /// Writes the remaining segments and the commit record. The snapshot exists from the
     /// moment this returns `Ok`; if it fails or the process dies first, it does not.
     pub async fn commit(self) -> Result<SnapshotRecord> {
+        let unsettled = lock(&self.unsettled).len();
+        if unsettled > 0 {
+            return Err(StoreError::InvalidArgument(format!(
+                "{unsettled} blocks failed to upload and were not put again; put them again \
+                 before committing"
+            )));
+        }
         let per = u64::from(self.store.config().segment_blocks);
         let sealed = self.seal_segments(self.block_count.div_ceil(per)).await?;
         let segments: Vec<ObjectId> = sealed.values().map(|(id, _)| *id).collect();
@@ -318,7 +331,11 @@ impl SnapshotWriter {
     /// Uploads a block unless the store has it.
     async fn store_block(&self, id: ObjectId, data: Vec<u8>) -> Result<PutOutcome> {
         let claimed = lock(&self.known).insert(id);
-        if !claimed || self.store.has_block(&id).await? {
+        if !claimed {
+            return Ok(PutOutcome::Reused);
+        }
+        if self.store.has_block(&id).await? {
+            lock(&self.unsettled).remove(&id);
             return Ok(PutOutcome::Reused);
         }
 
@@ -336,6 +353,7 @@ impl SnapshotWriter {
         .map_err(|e| StoreError::Task(e.to_string()))?;
         let stored = sealed.len() as u64;
         self.store.put_block(&id, sealed).await?;
+        lock(&self.unsettled).remove(&id);
         Ok(PutOutcome::New { stored })
     }
 
