@@ -99,8 +99,7 @@ impl<R: DiskReader> Blocks<R> {
 
         let len =
             usize::try_from(end - start).map_err(|_| FormatError::BadBlockSize(end - start))?;
-        let mut buf = vec![0u8; len];
-        self.reader.read_at(start, &mut buf)?;
+        let buf = self.reader.read_vec(start, len)?;
         if is_zero(&buf) {
             Ok(Block::Zero)
         } else {

@@ -84,6 +84,14 @@ pub trait DiskReader: Send {
     /// Fills `buf` with the disk's bytes starting at `offset`. The range must lie within the
     /// disk; zero regions read as zeros.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError>;
+
+    /// Reads `len` bytes at `offset` into a new buffer. Readers that can fill a buffer
+    /// without zeroing it first override this; the block cutter calls it for every block.
+    fn read_vec(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, FormatError> {
+        let mut buf = vec![0u8; len];
+        self.read_at(offset, &mut buf)?;
+        Ok(buf)
+    }
 }
 
 impl<R: DiskReader + ?Sized> DiskReader for Box<R> {
@@ -97,5 +105,9 @@ impl<R: DiskReader + ?Sized> DiskReader for Box<R> {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
         (**self).read_at(offset, buf)
+    }
+
+    fn read_vec(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, FormatError> {
+        (**self).read_vec(offset, len)
     }
 }

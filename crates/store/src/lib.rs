@@ -32,6 +32,7 @@
 mod check;
 mod codec;
 mod config;
+mod durability;
 mod error;
 mod ingest;
 pub mod layout;

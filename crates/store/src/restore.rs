@@ -21,6 +21,9 @@ use crate::{SnapshotId, Store};
 /// Blocks fetched ahead of the writer.
 const READ_AHEAD: usize = 16;
 
+/// Bytes written between background flushes of the output.
+const FLUSH_EVERY: u64 = 64 << 20;
+
 /// Options for [`restore`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RestoreOptions {
@@ -59,12 +62,34 @@ pub async fn restore(
         let path = output.display().to_string();
         move |source| StoreError::Io { op, path, source }
     };
+    // A second thread flushes what has been written every FLUSH_EVERY bytes, so that the
+    // disk writes back while blocks are still being decoded, and the final sync is short.
+    // It shares the file description, so an error it meets is returned from it, not lost.
+    let flush_file = file.try_clone().map_err(io_error("open"))?;
+    let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let flusher = std::thread::Builder::new()
+        .name("blockyard-flush".into())
+        .spawn(move || -> std::io::Result<()> {
+            for () in flush_rx {
+                flush_file.sync_data()?;
+            }
+            Ok(())
+        })
+        .map_err(io_error("start a flush thread for"))?;
+
     let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(READ_AHEAD);
     let writer = std::thread::Builder::new()
         .name("blockyard-write".into())
         .spawn(move || -> std::io::Result<File> {
+            let mut written = 0u64;
             for (offset, data) in rx {
                 file.write_all_at(&data, offset)?;
+                let before = written;
+                written += data.len() as u64;
+                if before / FLUSH_EVERY != written / FLUSH_EVERY {
+                    // A flush already queued covers this one too.
+                    let _ = flush_tx.try_send(());
+                }
             }
             Ok(file)
         })
@@ -111,6 +136,10 @@ pub async fn restore(
         .join()
         .map_err(|_| StoreError::Task("the writer thread panicked".into()))?
         .map_err(io_error("write"))?;
+    flusher
+        .join()
+        .map_err(|_| StoreError::Task("the flush thread panicked".into()))?
+        .map_err(io_error("flush"))?;
     if send_failed {
         return Err(StoreError::Task("the writer thread stopped early".into()));
     }

@@ -17,6 +17,7 @@ use crate::config::{
     DEFAULT_BLOCK_SIZE, FORMAT_VERSION, KNOWN_FEATURES, KeyDomainConfig, SEGMENT_BLOCKS,
     StoreConfig, validate_block_size,
 };
+use crate::durability::LocalSync;
 use crate::error::{Result, StoreError};
 use crate::layout;
 use crate::segment::Segment;
@@ -55,6 +56,35 @@ struct Inner {
     location: Location,
     config: StoreConfig,
     keys: KeyDomain,
+    /// For a local store: how its writes are made durable.
+    local_sync: Option<Arc<LocalSync>>,
+}
+
+impl Inner {
+    fn new(
+        objects: Arc<dyn ObjectStore>,
+        location: Location,
+        config: StoreConfig,
+        keys: KeyDomain,
+    ) -> Result<Arc<Self>> {
+        let local_sync = match location.local_path() {
+            Some(path) => Some(Arc::new(LocalSync::open(path).map_err(|source| {
+                StoreError::Io {
+                    op: "open",
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?)),
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            objects,
+            location,
+            config,
+            keys,
+            local_sync,
+        }))
+    }
 }
 
 impl Store {
@@ -128,12 +158,7 @@ impl Store {
 
         let keys = KeyDomain::new(domain, &secret, encrypted, 1);
         Ok(Self {
-            inner: Arc::new(Inner {
-                objects,
-                location,
-                config,
-                keys,
-            }),
+            inner: Inner::new(objects, location, config, keys)?,
         })
     }
 
@@ -181,12 +206,7 @@ impl Store {
             config.key_domain.current_key_id,
         );
         Ok(Self {
-            inner: Arc::new(Inner {
-                objects,
-                location,
-                config,
-                keys,
-            }),
+            inner: Inner::new(objects, location, config, keys)?,
         })
     }
 
@@ -431,29 +451,28 @@ impl Store {
     }
 
     /// Makes everything written so far durable before a commit record points at it. Local
-    /// stores write through the page cache, so this syncs their file system once; object
-    /// stores are durable when a PUT returns.
+    /// stores write through the page cache, so this syncs their file system; object stores
+    /// are durable when a PUT returns.
     pub(crate) async fn sync(&self) -> Result<()> {
-        let Some(path) = self
-            .inner
-            .location
-            .local_path()
-            .map(std::path::Path::to_owned)
-        else {
+        let Some(local) = self.inner.local_sync.clone() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || {
-            let dir = std::fs::File::open(&path)?;
-            rustix::fs::syncfs(&dir)?;
-            Ok::<_, std::io::Error>(())
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
-        .map_err(|source| StoreError::Io {
-            op: "sync",
-            path: self.inner.location.to_string(),
-            source,
-        })
+        tokio::task::spawn_blocking(move || local.sync())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|source| StoreError::Io {
+                op: "sync",
+                path: self.inner.location.to_string(),
+                source,
+            })
+    }
+
+    /// Starts flushing a local store's writes in the background, so that the sync before a
+    /// commit has less left to do. Does nothing for object stores.
+    pub(crate) fn flush_in_background(&self) {
+        if let Some(local) = &self.inner.local_sync {
+            local.start_background();
+        }
     }
 
     async fn get(&self, what: &'static str, path: &Path, name: &str) -> Result<Bytes> {

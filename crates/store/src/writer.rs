@@ -28,6 +28,10 @@ use crate::error::{Result, StoreError};
 use crate::segment::Segment;
 use crate::snapshot::{BlockCounts, SnapshotId, SnapshotRecord, WriteStats};
 
+/// Bytes uploaded between background flushes of a local store: enough that a flush has real
+/// work, few enough that the final sync before the commit is short.
+const FLUSH_EVERY: u64 = 64 << 20;
+
 /// What positions that were never put read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fill {
@@ -233,7 +237,10 @@ impl SnapshotWriter {
         match outcome {
             PutOutcome::New { stored } => {
                 self.blocks_new.fetch_add(1, Ordering::Relaxed);
-                self.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+                let before = self.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+                if before / FLUSH_EVERY != (before + stored) / FLUSH_EVERY {
+                    self.store.flush_in_background();
+                }
             }
             _ => {
                 self.blocks_reused.fetch_add(1, Ordering::Relaxed);

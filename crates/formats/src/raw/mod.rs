@@ -5,7 +5,7 @@
 //! Block devices are read whole; their size comes from seeking to their end.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -77,6 +77,27 @@ impl RawReader {
         }
     }
 
+    fn check_range(&self, offset: u64, length: u64) -> Result<(), FormatError> {
+        if offset.checked_add(length).is_none_or(|end| end > self.size) {
+            return Err(FormatError::OutOfRange {
+                offset,
+                length,
+                size: self.size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The file shrank under us since it was opened.
+    fn truncated(&self, wanted: u64) -> FormatError {
+        let end = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        FormatError::Truncated {
+            path: self.path.clone(),
+            end,
+            wanted,
+        }
+    }
+
     fn read_error(&self, offset: u64, source: io::Error) -> FormatError {
         FormatError::Read {
             path: self.path.clone(),
@@ -107,7 +128,19 @@ impl DiskReader for RawReader {
         // where the next data starts, or ENXIO when only hole remains.
         let data_start = match rustix::fs::seek(&self.file, RawSeek::Data(offset)) {
             Ok(pos) => pos.min(self.size),
-            Err(rustix::io::Errno::NXIO) => self.size,
+            // Only hole remains, or the file shrank since it was opened: tell them apart, as
+            // a shrunk image must not read as zeros.
+            Err(rustix::io::Errno::NXIO) => {
+                let now = self
+                    .file
+                    .metadata()
+                    .map_err(|e| self.read_error(offset, e))?
+                    .len();
+                if now < self.size {
+                    return Err(self.truncated(self.size));
+                }
+                self.size
+            }
             Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
                 self.seek_holes = false;
                 return Ok(self.data_extent(offset));
@@ -137,23 +170,32 @@ impl DiskReader for RawReader {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
         let length = buf.len() as u64;
-        if offset.checked_add(length).is_none_or(|end| end > self.size) {
-            return Err(FormatError::OutOfRange {
-                offset,
-                length,
-                size: self.size,
-            });
-        }
+        self.check_range(offset, length)?;
         match self.file.read_exact_at(buf, offset) {
             Ok(()) => Ok(()),
-            // The file shrank under us since it was opened.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FormatError::Truncated {
-                path: self.path.clone(),
-                end: self.file.metadata().map(|m| m.len()).unwrap_or(0),
-                wanted: offset + length,
-            }),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(self.truncated(offset + length))
+            }
             Err(e) => Err(self.read_error(offset, e)),
         }
+    }
+
+    fn read_vec(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, FormatError> {
+        // Reading into spare capacity skips zeroing a buffer only to overwrite it.
+        let length = len as u64;
+        self.check_range(offset, length)?;
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| self.read_error(offset, e))?;
+        let mut buf = Vec::with_capacity(len);
+        (&self.file)
+            .take(length)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.read_error(offset, e))?;
+        if buf.len() != len {
+            return Err(self.truncated(offset + length));
+        }
+        Ok(buf)
     }
 }
 

@@ -118,3 +118,26 @@ fn bad_block_sizes_are_refused() {
         );
     }
 }
+
+#[test]
+fn an_image_that_shrinks_while_read_is_reported_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = sparse_image(
+        dir.path(),
+        4 * BLOCK,
+        &[(0, &[1u8; 100]), (3 * BLOCK, &[2u8; 100])],
+    );
+    let reader = RawReader::open(&path).expect("open");
+    File::options()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(BLOCK / 2)
+        .expect("shrink");
+
+    let results: Vec<_> = Blocks::new(reader, BLOCK).expect("blocks").collect();
+
+    let error = results.into_iter().find_map(Result::err).expect("an error");
+    assert!(matches!(error, FormatError::Truncated { .. }), "{error}");
+    assert!(error.to_string().contains("ends at byte"), "{error}");
+}
