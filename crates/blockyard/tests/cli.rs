@@ -390,11 +390,11 @@ fn check_with_read_data_names_the_snapshot_a_damaged_block_breaks() {
 fn a_killed_snapshot_commits_nothing_and_a_rerun_reuses_what_landed() {
     let fx = Fixture::new();
     fx.init();
-    // Enough incompressible data that the snapshot is still running when it is killed.
+    // Enough incompressible data (48 MiB) that the snapshot is still running when killed.
     let data: Vec<(u64, Vec<u8>)> = (0..48)
-        .map(|i| (i * 4 * BLOCK, random_bytes(4 * BLOCK as usize, i + 10)))
+        .map(|i| (i * 16 * BLOCK, random_bytes(16 * BLOCK as usize, i + 10)))
         .collect();
-    let image = fx.qemu_raw_image("big.raw", 200 * BLOCK, &data);
+    let image = fx.qemu_raw_image("big.raw", 800 * BLOCK, &data);
     let mut child = fx
         .command(&["snapshot", "create", image.to_str().expect("p")])
         .stdout(Stdio::null())
@@ -418,7 +418,7 @@ fn a_killed_snapshot_commits_nothing_and_a_rerun_reuses_what_landed() {
     );
     let reused = rerun["blocks"]["reused"].as_u64().expect("reused");
     assert!(reused >= 1, "nothing reused: {rerun}");
-    assert_eq!(rerun["blocks"]["data"], 192);
+    assert_eq!(rerun["blocks"]["data"], 768);
     fx.ok(&["check", "--read-data"]);
 }
 
