@@ -16,7 +16,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use blockyard_crypto::ObjectId;
@@ -89,6 +89,10 @@ pub struct SnapshotWriter {
     unsettled: Mutex<HashSet<ObjectId>>,
     /// Positions put and not yet folded into a sealed segment.
     pending: Mutex<BTreeMap<u64, Option<ObjectId>>>,
+    /// Set once `commit` starts: no more puts. Cleared again if the commit fails early.
+    committing: AtomicBool,
+    /// Set once the commit record is written.
+    committed: AtomicBool,
     /// Every position below this lies in a sealed segment and can no longer be put.
     sealed_below: AtomicU64,
     /// Segments already sealed, by segment number, with their data-position count.
@@ -160,6 +164,8 @@ impl SnapshotWriter {
             known: Mutex::new(known),
             unsettled: Mutex::new(HashSet::new()),
             pending: Mutex::new(BTreeMap::new()),
+            committing: AtomicBool::new(false),
+            committed: AtomicBool::new(false),
             sealed_below: AtomicU64::new(0),
             sealed: tokio::sync::Mutex::new(BTreeMap::new()),
             cpu: Arc::new(Semaphore::new(cores)),
@@ -246,14 +252,23 @@ impl SnapshotWriter {
                 self.blocks_reused.fetch_add(1, Ordering::Relaxed);
             }
         }
-        lock(&self.pending).insert(index, Some(id));
+        self.record(index, Some(id))?;
         Ok(outcome)
     }
 
     /// Marks the block at `index` as reading zero.
     pub fn put_zero(&self, index: u64) -> Result<()> {
         self.check_index(index)?;
-        lock(&self.pending).insert(index, None);
+        self.record(index, None)
+    }
+
+    /// Records what position `index` holds. The checks are repeated under the lock that
+    /// sealing and committing read `pending` under, so a put that raced with either is
+    /// refused rather than silently left out of the manifest.
+    fn record(&self, index: u64, entry: Option<ObjectId>) -> Result<()> {
+        let mut pending = lock(&self.pending);
+        self.check_index(index)?;
+        pending.insert(index, entry);
         Ok(())
     }
 
@@ -276,7 +291,23 @@ impl SnapshotWriter {
 
     /// Writes the remaining segments and the commit record. The snapshot exists from the
     /// moment this returns `Ok`; if it fails or the process dies first, it does not.
-    pub async fn commit(self) -> Result<SnapshotRecord> {
+    pub async fn commit(&self) -> Result<SnapshotRecord> {
+        if self.committed.load(Ordering::SeqCst) || self.committing.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::InvalidArgument(format!(
+                "snapshot {} is already committed or being committed",
+                self.id
+            )));
+        }
+        let result = self.commit_now().await;
+        match &result {
+            Ok(_) => self.committed.store(true, Ordering::SeqCst),
+            // A failed commit leaves the writer open: the caller may put again and retry.
+            Err(_) => self.committing.store(false, Ordering::SeqCst),
+        }
+        result
+    }
+
+    async fn commit_now(&self) -> Result<SnapshotRecord> {
         let unsettled = lock(&self.unsettled).len();
         if unsettled > 0 {
             return Err(StoreError::InvalidArgument(format!(
@@ -371,15 +402,12 @@ impl SnapshotWriter {
         let start = segment_no * per;
         let end = (start + per).min(self.block_count);
         let positions = u32::try_from(end - start).unwrap_or(u32::MAX);
-        let puts: Vec<(u64, Option<ObjectId>)> = {
-            let mut pending = lock(&self.pending);
-            let rest = pending.split_off(&end);
-            let taken = std::mem::replace(&mut *pending, rest);
-            let (below, mine): (BTreeMap<_, _>, BTreeMap<_, _>) =
-                taken.into_iter().partition(|(i, _)| *i < start);
-            pending.extend(below);
-            mine.into_iter().collect()
-        };
+        // Positions leave `pending` only once their segment is stored, so a failed upload
+        // loses nothing and a later seal or commit builds the segment again.
+        let puts: Vec<(u64, Option<ObjectId>)> = lock(&self.pending)
+            .range(start..end)
+            .map(|(i, e)| (*i, *e))
+            .collect();
 
         let parent_segment = match (&self.parent, self.options.fill) {
             (Some(parent), Fill::Parent) => usize::try_from(segment_no).ok().and_then(|s| {
@@ -406,16 +434,26 @@ impl SnapshotWriter {
             }
             None => Segment::zeroed(positions),
         };
-        for (index, entry) in puts {
-            segment.set(usize::try_from(index - start).unwrap_or(usize::MAX), entry);
+        for (index, entry) in &puts {
+            segment.set(usize::try_from(index - start).unwrap_or(usize::MAX), *entry);
         }
 
         let (id, stored) = self.store.put_segment(&segment).await?;
         self.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        let mut pending = lock(&self.pending);
+        for (index, _) in &puts {
+            pending.remove(index);
+        }
         Ok((id, segment.data_count() as u64))
     }
 
     fn check_index(&self, index: u64) -> Result<()> {
+        if self.committing.load(Ordering::SeqCst) {
+            return Err(StoreError::InvalidArgument(format!(
+                "snapshot {} is being committed or is committed; it takes no more blocks",
+                self.id
+            )));
+        }
         if index >= self.block_count {
             return Err(StoreError::BlockOutOfRange {
                 index,
