@@ -135,7 +135,7 @@ pub async fn check(
         }
         progress.start(present.len() as u64);
         let mut reads = futures::stream::iter(present)
-            .map(|id| async move { (id, store.read_block(&id).await) })
+            .map(|id| async move { (id, store.read_block_verified(&id).await) })
             .buffer_unordered(READ_CONCURRENCY);
         while let Some((id, result)) = reads.next().await {
             report.blocks_read += 1;
