@@ -142,6 +142,15 @@ impl SnapshotWriter {
         };
 
         if let (Some(parent), Fill::Parent) = (&parent, options.fill) {
+            // Segments are inherited by number, so they must cover the same positions.
+            let segment_blocks = store.config().segment_blocks;
+            if parent.segment_blocks != segment_blocks {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{} has manifest segments of {} positions and this store writes {}; a \
+                     snapshot that keeps its blocks cannot be cut from it",
+                    parent.id, parent.segment_blocks, segment_blocks
+                )));
+            }
             // Inherited blocks keep their length, so an edge block of another length than
             // the new size needs would make the snapshot unreadable.
             let aligned = |size: u64| size.is_multiple_of(block_size);
