@@ -84,12 +84,12 @@ async fn put_record(store: &Store, objects: &InMemory, id: SnapshotId, json: &[u
         .expect("put the record");
 }
 
-/// `SnapshotWriter` with `Fill::Parent` numbers the parent's segments by the store's
+/// `SnapshotWriter` with `Fill::Parent` used to number the parent's segments by the store's
 /// segment size, not by the parent record's own `segment_blocks`, which readers honour.
 /// This record is the fixture's ten-block base snapshot cut into segments of eight. Its
-/// child, cut into fours, takes positions 4..8 from the parent's second segment (positions
-/// 8..10) and finds no third one: it names the parent's 100-byte block 9 at position 5 and
-/// reads block 9 as zeros, and commits without an error. The child must either be refused
+/// child, cut into fours, took positions 4..8 from the parent's second segment (positions
+/// 8..10) and found no third one: it named the parent's 100-byte block 9 at position 5 and
+/// read block 9 as zeros, and committed without an error. The child must either be refused
 /// or read as its parent.
 #[tokio::test]
 async fn a_fill_parent_child_of_a_record_with_other_segment_sizes_reads_as_its_parent() {
