@@ -160,6 +160,11 @@ pub(crate) struct CheckArgs {
     #[arg(long)]
     pub(crate) read_data: bool,
     /// With --read-data, read only this percentage of blocks, chosen at random.
-    #[arg(long, value_name = "PERCENT", requires = "read_data", value_parser = crate::units::parse_percent)]
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        requires = "read_data",
+        value_parser = crate::units::parse_percent
+    )]
     pub(crate) sample: Option<f64>,
 }

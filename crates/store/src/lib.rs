@@ -8,15 +8,15 @@
 //! objects and `docs/architecture.md` for the reasoning.
 //!
 //! ```
-//! use std::sync::Arc;
-//! use blockyard_store::{Location, NoProgress, SnapshotOptions, SnapshotReader, SnapshotWriter, Store};
+//! use blockyard_store::{Location, SnapshotOptions, SnapshotReader, SnapshotWriter, Store};
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), blockyard_store::StoreError> {
 //! let store = Store::init(&Location::Memory, Default::default()).await?;
 //! let block = store.block_size() as usize;
 //!
 //! // Write block 2 of a four-block disk; the rest read as zero.
-//! let writer = SnapshotWriter::begin(&store, SnapshotOptions { size: 4 * block as u64, ..Default::default() }).await?;
+//! let options = SnapshotOptions { size: 4 * block as u64, ..Default::default() };
+//! let writer = SnapshotWriter::begin(&store, options).await?;
 //! writer.put_block(2, vec![7u8; block]).await?;
 //! let record = writer.commit().await?;
 //!
