@@ -342,10 +342,7 @@ fn restore_will_not_overwrite_a_file_unless_forced() {
     let fx = Fixture::new();
     fx.init();
     let image = fx.qemu_raw_image("disk.raw", 4 * BLOCK, &[(0, random_bytes(1000, 3))]);
-    let id = fx.snapshot(&image, &[])["snapshot"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = fx.snapshot_id(&image);
     let out = fx.path("out.img");
     std::fs::write(&out, b"precious").expect("write");
 
@@ -366,10 +363,7 @@ fn check_with_read_data_names_the_snapshot_a_damaged_block_breaks() {
     let fx = Fixture::new();
     fx.init();
     let image = fx.qemu_raw_image("disk.raw", 8 * BLOCK, &[(2 * BLOCK, random_bytes(5000, 4))]);
-    let id = fx.snapshot(&image, &[])["snapshot"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = fx.snapshot_id(&image);
     let block = walk(&fx.store().join("blocks")).pop().expect("one block");
     let mut bytes = std::fs::read(&block).expect("read");
     let middle = bytes.len() / 2;
@@ -507,14 +501,8 @@ fn delete_removes_one_snapshot_and_keeps_the_others_readable() {
     let fx = Fixture::new();
     fx.init();
     let image = fx.qemu_raw_image("disk.raw", 4 * BLOCK, &[(0, random_bytes(9000, 5))]);
-    let first = fx.snapshot(&image, &[])["snapshot"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let second = fx.snapshot(&image, &[])["snapshot"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let first = fx.snapshot_id(&image);
+    let second = fx.snapshot_id(&image);
 
     fx.ok(&["snapshot", "delete", &first]);
 
@@ -587,14 +575,8 @@ fn a_damaged_commit_record_is_listed_as_damaged_and_can_be_deleted() {
     let fx = Fixture::new();
     fx.init();
     let image = fx.qemu_raw_image("disk.raw", 4 * BLOCK, &[(0, random_bytes(500, 9))]);
-    let good = fx.snapshot(&image, &[])["snapshot"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let bad = fx.snapshot(&image, &[])["snapshot"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let good = fx.snapshot_id(&image);
+    let bad = fx.snapshot_id(&image);
     std::fs::write(fx.store().join("snapshots").join(&bad), b"garbage").expect("damage");
 
     let listed = fx.json(&["snapshot", "list"]);

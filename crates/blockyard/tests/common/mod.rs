@@ -92,6 +92,15 @@ impl Fixture {
         self.json(&args)
     }
 
+    /// Snapshots `image` and returns the new snapshot's id.
+    pub fn snapshot_id(&self, image: &Path) -> String {
+        let summary = self.snapshot(image, &[]);
+        summary["snapshot"]
+            .as_str()
+            .expect("a snapshot id")
+            .to_owned()
+    }
+
     /// An ext4 image of `size_mib` MiB made by mkfs.ext4 -d from a tree of generated files.
     pub fn ext4_image(&self, name: &str, size_mib: u64, seed: u64) -> PathBuf {
         let tree = self.path(&format!("{name}.tree"));
