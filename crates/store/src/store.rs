@@ -237,12 +237,7 @@ impl Store {
 
     /// Whether the store holds the block.
     pub async fn has_block(&self, id: &ObjectId) -> Result<bool> {
-        let path = layout::block(id);
-        match self.inner.objects.head(&path).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(StoreError::backend("read", &path)(e)),
-        }
+        exists(&self.inner.objects, &layout::block(id)).await
     }
 
     /// Compresses and seals a block: CPU work, to be run off the async threads.

@@ -15,7 +15,7 @@
 //! the same data reuses and garbage collection removes otherwise.
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -80,6 +80,8 @@ pub struct SnapshotWriter {
     options: SnapshotOptions,
     parent: Option<SnapshotRecord>,
     block_count: u64,
+    /// Data positions of each parent segment, counted when `begin` read them.
+    parent_data: HashMap<ObjectId, u64>,
     /// Blocks known to be in the store or being uploaded by this writer: the parent's, and
     /// every block put so far. A hit here skips even the existence check.
     known: Mutex<HashSet<ObjectId>>,
@@ -123,6 +125,7 @@ impl SnapshotWriter {
         }
 
         let mut known = HashSet::new();
+        let mut parent_data = HashMap::new();
         let parent = match &options.parent {
             Some(id) => {
                 let record = store.snapshot(id).await?;
@@ -135,6 +138,7 @@ impl SnapshotWriter {
                 for segment_id in unique(&record.segments) {
                     let segment = store.read_segment(&segment_id).await?;
                     known.extend(segment.entries().iter().flatten().copied());
+                    parent_data.insert(segment_id, segment.data_count() as u64);
                 }
                 Some(record)
             }
@@ -170,6 +174,7 @@ impl SnapshotWriter {
             options,
             parent,
             block_count,
+            parent_data,
             known: Mutex::new(known),
             unsettled: Mutex::new(HashSet::new()),
             pending: Mutex::new(BTreeMap::new()),
@@ -430,7 +435,10 @@ impl SnapshotWriter {
         let mut segment = match parent_segment {
             // An untouched stretch of the parent is shared, not rewritten.
             Some((id, parent_positions)) if puts.is_empty() && parent_positions == positions => {
-                let data = self.store.read_segment(&id).await?.data_count() as u64;
+                // `begin` read and counted every parent segment; no second fetch.
+                let data = self.parent_data.get(&id).copied().ok_or_else(|| {
+                    StoreError::Task(format!("parent segment {id} was not counted"))
+                })?;
                 return Ok((id, data));
             }
             Some((id, _)) => {
