@@ -87,11 +87,7 @@ fn report(error: &anyhow::Error) -> ExitCode {
     let disk_full = error
         .chain()
         .filter_map(|e| e.downcast_ref::<blockyard_store::StoreError>())
-        .any(blockyard_store::StoreError::is_disk_full)
-        || error.chain().any(|e| {
-            e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-        });
+        .any(blockyard_store::StoreError::is_disk_full);
     if disk_full {
         line.push_str(
             " (the disk is full: free space or use another location; nothing was committed, and \
