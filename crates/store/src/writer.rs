@@ -233,14 +233,8 @@ impl SnapshotWriter {
         self.put_identified(index, id, data).await
     }
 
-    /// Puts a block whose id the caller computed with [`Store::block_id`] (a reader thread
-    /// that hashes as it reads saves a hop). The block must not be all zero.
-    pub async fn put_identified(
-        &self,
-        index: u64,
-        id: ObjectId,
-        data: Vec<u8>,
-    ) -> Result<PutOutcome> {
+    /// Puts a block already hashed with [`Store::block_id`]; the block is not all zero.
+    async fn put_identified(&self, index: u64, id: ObjectId, data: Vec<u8>) -> Result<PutOutcome> {
         self.check_block(index, data.len())?;
         self.bytes_read
             .fetch_add(data.len() as u64, Ordering::Relaxed);
