@@ -15,6 +15,9 @@ pub enum Block {
     /// The block's bytes. The last block of a disk whose size is not a multiple of the
     /// block size is shorter.
     Data(Vec<u8>),
+    /// The image's top layer stores nothing in this block: it is what the backing disk
+    /// holds. Only [`Blocks::changes`] yields this.
+    Unchanged,
 }
 
 /// True when every byte of `bytes` is zero.
@@ -40,6 +43,8 @@ pub struct Blocks<R> {
     /// The last extent the reader reported, so that a long hole costs one query, not one
     /// per block.
     last_extent: Option<Extent>,
+    /// Whether blocks the top layer leaves to its backing disk are skipped.
+    changes_only: bool,
 }
 
 impl<R: DiskReader> Blocks<R> {
@@ -57,7 +62,18 @@ impl<R: DiskReader> Blocks<R> {
             size,
             next_index: 0,
             last_extent: None,
+            changes_only: false,
         })
+    }
+
+    /// Cuts only what `reader`'s top layer stores: a block the layer leaves wholly to its
+    /// backing disk is yielded as [`Block::Unchanged`] without reading it, and any other
+    /// block is read whole, backing parts included. For a copy-on-write overlay whose
+    /// backing disk is the parent snapshot, this reads the overlay's writes and no more.
+    pub fn changes(reader: R, block_size: u64) -> Result<Self, FormatError> {
+        let mut blocks = Self::new(reader, block_size)?;
+        blocks.changes_only = true;
+        Ok(blocks)
     }
 
     /// How many blocks the disk has, counting a short last block.
@@ -74,27 +90,43 @@ impl<R: DiskReader> Blocks<R> {
         let start = index * self.block_size;
         let end = (start + self.block_size).min(self.size);
 
-        // Skip the whole block if the reader knows it is zero; otherwise read it whole, as
-        // a block that is partly data must be stored with its zero parts anyway.
+        // Skip the whole block if the reader knows it is zero (or, for changes, untouched);
+        // otherwise read it whole, as a block that is partly data is stored whole.
         let mut offset = start;
-        let mut has_data = false;
+        let mut seen_zero = false;
+        let mut seen_backing = false;
+        let mut must_read = false;
         while offset < end {
             let extent = match self.last_extent {
                 Some(e) if e.offset <= offset && offset < e.end() => e,
                 _ => {
-                    let e = self.reader.extent_at(offset)?;
+                    let e = if self.changes_only {
+                        self.reader.layer_extent_at(offset)?
+                    } else {
+                        self.reader.extent_at(offset)?
+                    };
                     self.last_extent = Some(e);
                     e
                 }
             };
-            if extent.kind == ExtentKind::Data {
-                has_data = true;
+            match extent.kind {
+                ExtentKind::Data => must_read = true,
+                ExtentKind::Zero => seen_zero = true,
+                ExtentKind::Backing => seen_backing = true,
+            }
+            // Zero beside backing bytes must be read too: the backing part may hold data.
+            if must_read || (seen_zero && seen_backing) {
+                must_read = true;
                 break;
             }
             offset = extent.end().max(offset + 1);
         }
-        if !has_data {
-            return Ok(Block::Zero);
+        if !must_read {
+            return Ok(if seen_backing {
+                Block::Unchanged
+            } else {
+                Block::Zero
+            });
         }
 
         let len =

@@ -33,12 +33,30 @@
 
 #![deny(missing_docs)]
 
+mod backing;
 mod blocks;
 mod error;
+pub mod export;
+pub mod fields;
+mod open;
+pub mod ova;
+pub mod qcow2;
 pub mod raw;
+mod sink;
+mod source;
+pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 
+pub use backing::BackingDisk;
 pub use blocks::{Block, Blocks, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, is_zero};
 pub use error::FormatError;
+pub use open::{
+    FileResolver, Format, MAX_BACKING_DEPTH, OpenContext, Resolver, detect, open, open_at_depth,
+    open_backing_file,
+};
+pub use sink::{FileSink, ImageSink, StreamSink};
+pub use source::{ByteSource, FileSource, MemorySource, SliceSource};
 
 /// What a region of a virtual disk holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +65,9 @@ pub enum ExtentKind {
     Data,
     /// The region reads as zeros and need not be read (a hole, an unallocated cluster).
     Zero,
+    /// The image stores nothing here: the region reads from its backing disk. Only
+    /// [`DiskReader::layer_extent_at`] reports this kind.
+    Backing,
 }
 
 /// A contiguous region of a virtual disk whose bytes are all of one [`ExtentKind`].
@@ -81,6 +102,15 @@ pub trait DiskReader: Send {
     /// `Zero` for a region that holds anything else.
     fn extent_at(&mut self, offset: u64) -> Result<Extent, FormatError>;
 
+    /// The extent at `offset` as this image alone stores it: like
+    /// [`DiskReader::extent_at`], except that a region the image leaves to its backing disk
+    /// is reported as [`ExtentKind::Backing`] instead of being looked up there. This is how
+    /// a snapshot of a copy-on-write overlay reads only what the overlay changed. Images
+    /// without a backing disk store every byte themselves, which the default says.
+    fn layer_extent_at(&mut self, offset: u64) -> Result<Extent, FormatError> {
+        self.extent_at(offset)
+    }
+
     /// Fills `buf` with the disk's bytes starting at `offset`. The range must lie within the
     /// disk; zero regions read as zeros.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError>;
@@ -101,6 +131,10 @@ impl<R: DiskReader + ?Sized> DiskReader for Box<R> {
 
     fn extent_at(&mut self, offset: u64) -> Result<Extent, FormatError> {
         (**self).extent_at(offset)
+    }
+
+    fn layer_extent_at(&mut self, offset: u64) -> Result<Extent, FormatError> {
+        (**self).layer_extent_at(offset)
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {

@@ -39,11 +39,16 @@ pub struct CreateOptions {
     pub tags: std::collections::BTreeMap<String, String>,
     /// Blocks in flight at once; [`DEFAULT_CONCURRENCY`] when zero.
     pub concurrency: usize,
+    /// Read only what the image's top layer stores and take every other block from
+    /// `parent`: the image is a copy-on-write overlay (qcow2) whose backing disk holds the
+    /// parent's content. The reader must resolve backing reads to the parent's blocks.
+    pub changes_only: bool,
 }
 
 enum Item {
     Zero(u64),
     Data(u64, Vec<u8>),
+    Unchanged(u64),
 }
 
 /// Reads a whole disk and commits it as a snapshot of `store`.
@@ -58,13 +63,22 @@ where
 {
     let size = reader.size();
     let block_size = store.block_size();
-    let blocks = Blocks::new(reader, block_size)?;
+    let (blocks, fill) = if options.changes_only {
+        if options.parent.is_none() {
+            return Err(StoreError::InvalidArgument(
+                "a snapshot of an overlay's changes needs the parent it was made on".into(),
+            ));
+        }
+        (Blocks::changes(reader, block_size)?, Fill::Parent)
+    } else {
+        (Blocks::new(reader, block_size)?, Fill::Zero)
+    };
     let writer = SnapshotWriter::begin(
         store,
         SnapshotOptions {
             size,
             parent: options.parent,
-            fill: Fill::Zero,
+            fill,
             description: options.description,
             tags: options.tags,
         },
@@ -88,6 +102,7 @@ where
                     .map(|(index, block)| match block {
                         Block::Zero => Item::Zero(index),
                         Block::Data(data) => Item::Data(index, data),
+                        Block::Unchanged => Item::Unchanged(index),
                     });
                 let failed = item.is_err();
                 // A closed channel means the consumer gave up; stop reading.
@@ -108,6 +123,7 @@ where
             match item? {
                 Item::Zero(index) => writer_ref.put_zero(index).map(|()| index),
                 Item::Data(index, data) => writer_ref.put_nonzero(index, data).await.map(|_| index),
+                Item::Unchanged(index) => Ok(index),
             }
         })
         .buffer_unordered(concurrency);

@@ -8,10 +8,11 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::SeekFrom as RawSeek;
 
-use crate::{DiskReader, Extent, ExtentKind, FormatError};
+use crate::{ByteSource, DiskReader, Extent, ExtentKind, FormatError};
 
 /// A raw image file or block device.
 #[derive(Debug)]
@@ -26,41 +27,20 @@ pub struct RawReader {
 impl RawReader {
     /// Opens a raw image file or block device for reading.
     pub fn open(path: &Path) -> Result<Self, FormatError> {
-        let open_error = |source| FormatError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(open_error)?;
-        let file_type = meta.file_type();
-        let what = if file_type.is_dir() {
-            Some("directory")
-        } else if file_type.is_socket() {
-            Some("socket")
-        } else if file_type.is_fifo() {
-            Some("pipe")
-        } else if file_type.is_char_device() {
-            Some("character device")
-        } else {
-            None
-        };
-        if let Some(what) = what {
-            return Err(FormatError::NotAnImage {
+        let (file, size) = open_image_file(path)?;
+        let seek_holes = file
+            .metadata()
+            .map_err(|source| FormatError::Open {
                 path: path.to_owned(),
-                what,
-            });
-        }
-
-        let mut file = File::open(path).map_err(open_error)?;
-        let size = if file_type.is_block_device() {
-            file.seek(SeekFrom::End(0)).map_err(open_error)?
-        } else {
-            meta.len()
-        };
+                source,
+            })?
+            .file_type()
+            .is_file();
         Ok(Self {
             file,
             path: path.to_owned(),
             size,
-            seek_holes: file_type.is_file(),
+            seek_holes,
         })
     }
 
@@ -92,7 +72,7 @@ impl RawReader {
     fn truncated(&self, wanted: u64) -> FormatError {
         let end = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         FormatError::Truncated {
-            path: self.path.clone(),
+            name: self.path.display().to_string(),
             end,
             wanted,
         }
@@ -105,6 +85,42 @@ impl RawReader {
             source,
         }
     }
+}
+
+/// Opens a regular file or block device holding an image and returns it with its size.
+/// Directories, sockets, pipes and character devices are refused.
+pub(crate) fn open_image_file(path: &Path) -> Result<(File, u64), FormatError> {
+    let open_error = |source| FormatError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(open_error)?;
+    let file_type = meta.file_type();
+    let what = if file_type.is_dir() {
+        Some("directory")
+    } else if file_type.is_socket() {
+        Some("socket")
+    } else if file_type.is_fifo() {
+        Some("pipe")
+    } else if file_type.is_char_device() {
+        Some("character device")
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        return Err(FormatError::NotAnImage {
+            path: path.to_owned(),
+            what,
+        });
+    }
+
+    let mut file = File::open(path).map_err(open_error)?;
+    let size = if file_type.is_block_device() {
+        file.seek(SeekFrom::End(0)).map_err(open_error)?
+    } else {
+        meta.len()
+    };
+    Ok((file, size))
 }
 
 impl DiskReader for RawReader {
@@ -196,6 +212,50 @@ impl DiskReader for RawReader {
             return Err(self.truncated(offset + length));
         }
         Ok(buf)
+    }
+}
+
+/// A raw image read through a [`ByteSource`] that cannot report holes, such as an object in
+/// a store: every byte is data, and zero blocks are found by looking at them.
+#[derive(Debug)]
+pub struct RawSourceReader {
+    source: Arc<dyn ByteSource>,
+}
+
+impl RawSourceReader {
+    /// Reads `source` as a raw disk of the source's length.
+    pub fn new(source: Arc<dyn ByteSource>) -> Self {
+        Self { source }
+    }
+}
+
+impl DiskReader for RawSourceReader {
+    fn size(&self) -> u64 {
+        self.source.len()
+    }
+
+    fn extent_at(&mut self, offset: u64) -> Result<Extent, FormatError> {
+        let size = self.source.len();
+        if offset >= size {
+            return Err(FormatError::OutOfRange {
+                offset,
+                length: 0,
+                size,
+            });
+        }
+        Ok(Extent {
+            offset,
+            length: size - offset,
+            kind: ExtentKind::Data,
+        })
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
+        self.source.read_exact_at(offset, buf)
+    }
+
+    fn read_vec(&mut self, offset: u64, len: usize) -> Result<Vec<u8>, FormatError> {
+        self.source.read_vec(offset, len)
     }
 }
 

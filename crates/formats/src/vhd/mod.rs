@@ -1,0 +1,19 @@
+//! VHD images (reader being written).
+
+use std::sync::Arc;
+
+use crate::{ByteSource, DiskReader, FormatError, OpenContext};
+
+/// Opens a VHD image.
+pub fn open(
+    source: Arc<dyn ByteSource>,
+    context: &OpenContext<'_>,
+) -> Result<Box<dyn DiskReader>, FormatError> {
+    let _ = context;
+    Err(FormatError::Unsupported {
+        format: "VHD",
+        name: source.name().to_owned(),
+        feature: "reading VHD".into(),
+        advice: "convert it to raw with qemu-img first",
+    })
+}
