@@ -158,6 +158,7 @@ async fn create(args: &CreateArgs, store: &Store, out: Output) -> Result<()> {
         description: args.description.clone(),
         tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
         concurrency: 0,
+        changes_only: false,
     };
     let bar = out.progress("snapshot", Unit::Bytes);
     let record = create_snapshot(store, reader, options, bar.clone())
