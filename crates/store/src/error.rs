@@ -129,6 +129,9 @@ pub enum StoreError {
     /// Reading the source image failed.
     #[error("cannot read the source image")]
     Source(#[from] FormatError),
+    /// Writing an exported image failed.
+    #[error("cannot write the image")]
+    Output(#[source] FormatError),
     /// Local I/O outside the object store failed (the restore target, a sync).
     #[error("cannot {op} {path}")]
     Io {

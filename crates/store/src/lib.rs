@@ -32,11 +32,15 @@
 mod check;
 mod codec;
 mod config;
+mod disk;
 mod durability;
 mod error;
+mod export;
 mod ingest;
 pub mod layout;
 mod location;
+mod object_sink;
+mod object_source;
 mod progress;
 mod reader;
 mod restore;
@@ -49,9 +53,13 @@ pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use config::{
     DEFAULT_BLOCK_SIZE, FORMAT_VERSION, KeyDomainConfig, SEGMENT_BLOCKS, StoreConfig,
 };
+pub use disk::SnapshotDisk;
 pub use error::{Result, StoreError};
+pub use export::{ExportSummary, export};
 pub use ingest::{CreateOptions, DEFAULT_CONCURRENCY, create_snapshot};
 pub use location::Location;
+pub use object_sink::ObjectUpload;
+pub use object_source::{ObjectResolver, ObjectSource, open_object, open_object_url};
 pub use progress::{NoProgress, Progress};
 pub use reader::{ChangedBlock, SnapshotReader, diff};
 pub use restore::{RestoreOptions, RestoreSummary, restore};

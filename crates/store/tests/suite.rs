@@ -26,6 +26,8 @@ use tempfile::TempDir;
 // otherwise build every file directly under `tests/` as a test binary of its own.
 #[path = "suite/damage.rs"]
 mod damage;
+#[path = "suite/images.rs"]
+mod images;
 #[path = "suite/regressions.rs"]
 mod regressions;
 #[path = "suite/restore.rs"]
@@ -39,6 +41,7 @@ mod support;
 
 // `backend_tests!` reaches every case through these imports.
 use damage::*;
+use images::*;
 use regressions::*;
 use restore::*;
 use snapshots::*;
@@ -223,6 +226,15 @@ macro_rules! backend_tests {
                 restore_with_overwrite_replaces_an_existing_larger_file,
                 create_snapshot_from_a_sparse_raw_image_round_trips,
                 create_snapshot_of_a_disk_spanning_three_segments_keeps_every_block,
+
+                // images.rs
+                a_snapshot_read_as_a_disk_gives_its_blocks_and_zero_extents,
+                an_image_in_an_object_is_read_with_ranged_reads_and_its_names_resolve,
+                an_upload_becomes_visible_only_when_completed,
+                export_hands_the_writer_the_layout_then_every_data_block_in_order,
+                an_export_whose_writer_fails_reports_the_writers_error,
+                a_snapshot_of_an_overlays_changes_reads_only_the_changed_blocks,
+                changes_cutting_of_a_disk_without_backing_reads_every_data_block,
 
                 // regressions.rs
                 a_put_below_sealed_segments_is_refused_or_kept,

@@ -22,7 +22,7 @@ fn output_dir() -> TempDir {
 }
 
 /// The bytes a disk of `size` holding `blocks` consists of.
-fn disk_bytes(size: u64, blocks: &[(u64, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn disk_bytes(size: u64, blocks: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut bytes = vec![0u8; usize::try_from(size).expect("size fits in memory")];
     for (index, data) in blocks {
         let start = usize::try_from(*index).expect("index") * BLOCK;
