@@ -73,6 +73,12 @@ pub(crate) enum Command {
     Snapshot(SnapshotCommand),
     /// Write a snapshot out as a raw disk: a sparse file or a block device.
     Restore(RestoreArgs),
+    /// Import a disk image (raw, qcow2, VMDK, VHD, VHDX or OVA) from a file or an s3:// URL:
+    /// one snapshot per disk.
+    Import(ImportArgs),
+    /// Write a snapshot out as a disk image: raw, qcow2, VMDK, VHD or VHDX, to a file,
+    /// standard output (-) or an s3:// URL.
+    Export(ExportArgs),
     /// Verify the store's structure and, with --read-data, its blocks.
     Check(CheckArgs),
 }
@@ -100,7 +106,7 @@ pub(crate) struct InitArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SnapshotCommand {
-    /// Snapshot a raw image file or block device.
+    /// Snapshot a disk image or block device; with --parent and an overlay, only its changes.
     Create(CreateArgs),
     /// List snapshots, oldest first.
     List,
@@ -130,9 +136,14 @@ pub(crate) enum SnapshotCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct CreateArgs {
-    /// A raw image file or block device.
-    pub(crate) source: PathBuf,
-    /// A snapshot this one probably shares blocks with; makes the dedup check cheaper.
+    /// A disk image (any format import reads), a block device, or an s3:// URL.
+    pub(crate) source: String,
+    /// The image's format; default: recognised from its magic numbers.
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) format: Option<blockyard_formats::Format>,
+    /// A snapshot this one probably shares blocks with; makes the dedup check cheaper. For a
+    /// copy-on-write overlay (qcow2, differencing VHD) it is the overlay's backing disk: only
+    /// what the overlay stores is read, and every other block is taken from SNAP.
     #[arg(long, value_name = "SNAP")]
     pub(crate) parent: Option<String>,
     /// Free text stored with the snapshot.
@@ -149,6 +160,51 @@ pub(crate) struct RestoreArgs {
     pub(crate) snapshot: String,
     /// A file to create (sparse) or a block device to overwrite.
     pub(crate) output: PathBuf,
+    /// Replace OUTPUT if it is an existing file.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The image: a path, file:///path or s3://bucket/key.
+    pub(crate) source: String,
+    /// The image's format; default: recognised from its magic numbers.
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) format: Option<blockyard_formats::Format>,
+    /// The image's name.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// The family the image belongs to.
+    #[arg(long)]
+    pub(crate) family: Option<String>,
+    /// A snapshot that stands in for a backing file the image's chain names but this
+    /// machine does not have (the chain was made on a copy of that snapshot).
+    #[arg(long, value_name = "SNAP")]
+    pub(crate) backing_snapshot: Option<String>,
+    /// Free text stored with each snapshot.
+    #[arg(long, default_value = "")]
+    pub(crate) description: String,
+    /// A tag, as key=value; may be repeated.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = crate::units::parse_tag)]
+    pub(crate) tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The snapshot.
+    pub(crate) snapshot: String,
+    /// A file to create, - for standard output, or s3://bucket/key.
+    pub(crate) output: String,
+    /// The format to write; default: from OUTPUT's extension, else raw.
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) format: Option<blockyard_formats::Format>,
+    /// vmdk: streamOptimized or monolithicSparse (default); vhd: dynamic (default) or fixed.
+    #[arg(long, value_name = "SUBFORMAT")]
+    pub(crate) subformat: Option<String>,
+    /// qcow2: compress clusters (needs a file output).
+    #[arg(long)]
+    pub(crate) compress: bool,
     /// Replace OUTPUT if it is an existing file.
     #[arg(long)]
     pub(crate) force: bool,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod image;
 mod output;
 mod settings;
 mod units;

@@ -99,6 +99,22 @@ impl ConfigFile {
         Ok(StoreChoice { location, key })
     }
 
+    /// The S3 options (endpoint, region, ...) of the first store in the config file that
+    /// lives in the same bucket as the object URL `url`; none when no store does, and then
+    /// the standard AWS_* variables apply.
+    pub(crate) fn s3_options_for(&self, url: &str) -> BTreeMap<String, String> {
+        let bucket_of = |u: &str| {
+            u.strip_prefix("s3://")
+                .map(|rest| rest.split('/').next().unwrap_or_default().to_owned())
+        };
+        let wanted = bucket_of(url);
+        self.stores
+            .values()
+            .find(|entry| wanted.is_some() && bucket_of(&entry.url) == wanted)
+            .map(|entry| entry.options.clone())
+            .unwrap_or_default()
+    }
+
     fn resolve(&self, name: &str) -> Result<(Location, KeyArgs)> {
         let Some(entry) = self.stores.get(name) else {
             return Ok((name.parse()?, KeyArgs::default()));

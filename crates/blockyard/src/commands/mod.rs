@@ -1,6 +1,8 @@
 //! One module per command group; each turns parsed options into store calls and output.
 
 mod check;
+mod export;
+mod import;
 mod restore;
 mod snapshot;
 mod store;
@@ -23,11 +25,19 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Store(command) => store::run(command, &config, &cli.global, out).await,
         Command::Snapshot(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
-            snapshot::run(command, &store, out).await
+            snapshot::run(command, &store, out, &config).await
         }
         Command::Restore(args) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             restore::run(args, &store, out).await
+        }
+        Command::Import(args) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            import::run(args, &store, out, &config).await
+        }
+        Command::Export(args) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            export::run(args, &store, out, &config).await
         }
         Command::Check(args) => {
             let store = open(&config.choose(&cli.global, None)?).await?;

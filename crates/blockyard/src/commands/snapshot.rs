@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use blockyard_formats::raw::RawReader;
+use anyhow::{Context, Result, bail};
+use std::sync::Arc;
+
+use blockyard_formats::Format;
 use blockyard_store::{
     CreateOptions, SnapshotReader, SnapshotRecord, Store, create_snapshot, diff,
 };
@@ -13,12 +15,19 @@ use serde_json::json;
 
 use super::snapshot_id;
 use crate::cli::{CreateArgs, SnapshotCommand};
+use crate::image::{Backing, Disk, open_image};
+use crate::settings::ConfigFile;
 use crate::output::{Output, Unit};
 use crate::units::bytes;
 
-pub(crate) async fn run(command: &SnapshotCommand, store: &Store, out: Output) -> Result<()> {
+pub(crate) async fn run(
+    command: &SnapshotCommand,
+    store: &Store,
+    out: Output,
+    config: &ConfigFile,
+) -> Result<()> {
     match command {
-        SnapshotCommand::Create(args) => create(args, store, out).await,
+        SnapshotCommand::Create(args) => create(args, store, out, config).await,
         SnapshotCommand::List => {
             // One damaged record must not hide the others: list it with its error.
             let mut rows = Vec::new();
@@ -146,30 +155,42 @@ pub(crate) async fn run(command: &SnapshotCommand, store: &Store, out: Output) -
     }
 }
 
-async fn create(args: &CreateArgs, store: &Store, out: Output) -> Result<()> {
+async fn create(args: &CreateArgs, store: &Store, out: Output, config: &ConfigFile) -> Result<()> {
     let started = Instant::now();
-    let source = args.source.clone();
-    let reader = tokio::task::spawn_blocking(move || RawReader::open(&source))
-        .await
-        .context("the source could not be opened")??;
     let parent = args.parent.as_deref().map(snapshot_id).transpose()?;
+    let parent_reader = match &parent {
+        Some(id) => Some(Arc::new(SnapshotReader::open(store, id).await?)),
+        None => None,
+    };
+    // An overlay's unallocated clusters are its parent's blocks: read only what it stores.
+    let backing = parent_reader.clone().map_or(Backing::Files, Backing::Parent);
+    let image = open_image(&args.source, args.format, backing, config).await?;
+    let format = image.format;
+    let Ok([disk]) = <[Disk; 1]>::try_from(image.disks) else {
+        bail!(
+            "{} holds several disks; import it with `blockyard import`, which makes one \
+             snapshot per disk",
+            args.source
+        );
+    };
     let options = CreateOptions {
         parent,
         description: args.description.clone(),
         tags: args.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
         concurrency: 0,
-        changes_only: false,
+        changes_only: parent.is_some() && format != Format::Raw,
     };
     let bar = out.progress("snapshot", Unit::Bytes);
-    let record = create_snapshot(store, reader, options, bar.clone())
+    let record = create_snapshot(store, disk.reader, options, bar.clone())
         .await
-        .with_context(|| format!("cannot snapshot {}", args.source.display()))?;
+        .with_context(|| format!("cannot snapshot {}", args.source))?;
     bar.finish();
     let seconds = started.elapsed().as_secs_f64();
 
     let mut document = summary(&record);
     document["seconds"] = json!(seconds);
-    document["source"] = json!(args.source.display().to_string());
+    document["source"] = json!(args.source);
+    document["format"] = json!(format.name());
     out.emit(&document, || {
         format!(
             "{} committed in {seconds:.2} s\n  disk   {} in {} blocks: {} data, {} zero\n  \
@@ -189,7 +210,7 @@ async fn create(args: &CreateArgs, store: &Store, out: Output) -> Result<()> {
 }
 
 /// The JSON summary of a snapshot, shared by `create` and `list`.
-fn summary(record: &SnapshotRecord) -> serde_json::Value {
+pub(crate) fn summary(record: &SnapshotRecord) -> serde_json::Value {
     json!({
         "snapshot": record.id.to_string(),
         "created": record.created.to_rfc3339(),

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Measures import, export and overlay snapshots against qemu-img on the two nights that
+# bench/make-images.sh builds.
+#
+#   import   night 1 as qcow2, VMDK (streamOptimized) and VHD (dynamic), each into a new
+#            encrypted store, against blockyard's own import of the raw image and against
+#            `qemu-img convert` of the same file to raw (what a tool that cannot read the
+#            format must do first).
+#   export   night 2 from a store to qcow2 and VMDK (monolithicSparse and streamOptimized),
+#            against `qemu-img convert` of the raw night 2 to the same format and options.
+#            Every output is checked with `qemu-img compare` against the raw image.
+#   overlay  a qcow2 overlay on night 1 holding night 2's changes (`qemu-img convert -B`
+#            writes only the clusters that differ from the backing file), snapshotted with
+#            --parent, against a full snapshot of night 2 with --parent; on the image as
+#            built and on a copy grown to four times the size with the same change.
+#
+# Each step runs --repeat times (default 3) and the report gives medians. The report goes to
+# standard output and WORK/results/formats-<date>.md.
+
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
+
+usage() {
+    cat >&2 <<'USAGE'
+usage: bench/formats.sh [--size 4G] [--work DIR] [--repeat N] [--no-build]
+USAGE
+    exit 2
+}
+
+size=4G
+work=$here/work
+repeat=3
+build=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --size) [[ $# -ge 2 ]] || usage; size=$2; shift 2 ;;
+        --work) [[ $# -ge 2 ]] || usage; work=$2; shift 2 ;;
+        --repeat) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; repeat=$2; shift 2 ;;
+        --no-build) build=0; shift ;;
+        -h | --help) usage ;;
+        *) echo "formats.sh: unknown argument $1" >&2; usage ;;
+    esac
+done
+
+require_tools cargo qemu-img python3 mkfs.ext4 debugfs findmnt
+
+if [[ $build -eq 1 ]]; then
+    note "building blockyard (release)"
+    (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
+fi
+target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+blockyard=$target_dir/release/blockyard
+[[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
+
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+images=$work/images
+"$here/make-images.sh" "$images" "$size" >/dev/null || die "make-images.sh failed"
+night1=$images/night1.img
+night2=$images/night2.img
+
+run=$work/formats
+fresh_dir "$run"
+mkdir -p "$run/logs" "$run/in" "$work/results"
+BENCH_LOGS=$run/logs
+key=$run/master.key
+head -c 32 /dev/urandom >"$key"
+
+# --- Inputs, made once and not timed ------------------------------------------------------
+
+note "converting night 1 with qemu-img"
+qemu-img convert -q -f raw -O qcow2 "$night1" "$run/in/night1.qcow2"
+qemu-img convert -q -f raw -O vmdk -o subformat=streamOptimized "$night1" "$run/in/night1.vmdk"
+qemu-img convert -q -f raw -O vpc -o subformat=dynamic,force_size=on "$night1" "$run/in/night1.vhd"
+note "making the overlays"
+qemu-img convert -q -f raw -O qcow2 -B "$night1" -F raw "$night2" "$run/in/overlay.qcow2"
+# The grown pair: the same data and the same change on a disk four times the size.
+cp --sparse=always "$night1" "$run/in/big-night1.img"
+truncate -s "$(($(stat -c %s "$night1") * 4))" "$run/in/big-night1.img"
+cp --sparse=always "$night2" "$run/in/big-night2.img"
+truncate -s "$(($(stat -c %s "$night2") * 4))" "$run/in/big-night2.img"
+qemu-img convert -q -f raw -O qcow2 -B "$run/in/big-night1.img" -F raw \
+    "$run/in/big-night2.img" "$run/in/big-overlay.qcow2"
+
+declare -A FORMAT_OF=([qcow2]=qcow2 [vmdk]=vmdk [vhd]=vpc)
+declare -A READ COMPARED
+
+by() {
+    "$blockyard" --quiet --key-file "$key" --store "$1" "${@:2}"
+}
+
+new_store() {
+    rm -rf "$1"
+    by "$1" store init --encrypt >/dev/null
+}
+
+for ((n = 1; n <= repeat; n++)); do
+    note "repetition $n of $repeat"
+
+    # Import: each format into a fresh store, as an import of an image never seen before.
+    for input in raw qcow2 vmdk vhd; do
+        file=$run/in/night1.$input
+        [[ $input == raw ]] && file=$night1
+        new_store "$run/import-$input"
+        warm "$file"
+        measure "import/$input/$n" by "$run/import-$input" --json import "$file" --name night1
+        if [[ $input != raw ]]; then
+            warm "$file"
+            measure "qemu-raw/$input/$n" qemu-img convert -f "${FORMAT_OF[$input]}" -O raw \
+                "$file" "$run/qemu-out.raw"
+            rm -f "$run/qemu-out.raw"
+        fi
+    done
+
+    # Export: night 2 from a store holding both nights.
+    store=$run/export-store
+    new_store "$store"
+    id1=$(by "$store" --json snapshot create "$night1" | json_field /dev/stdin snapshot)
+    id2=$(by "$store" --json snapshot create "$night2" --parent "$id1" \
+        | json_field /dev/stdin snapshot)
+    for case in qcow2 vmdk-sparse vmdk-stream; do
+        format=${case%%-*}
+        options=()
+        qemu_options=()
+        case $case in
+            vmdk-sparse) options=(--subformat monolithicSparse); qemu_options=(-o subformat=monolithicSparse) ;;
+            vmdk-stream) options=(--subformat streamOptimized); qemu_options=(-o subformat=streamOptimized) ;;
+        esac
+        warm "$night2"
+        measure "export/$case/$n" by "$store" export "$id2" "$run/out.$format" \
+            --format "$format" "${options[@]}" --force
+        sync
+        COMPARED[$case]='**no**'
+        qemu-img compare -q -f raw -F "$format" "$night2" "$run/out.$format" && COMPARED[$case]=yes
+        rm -f "$run/out.$format"
+        measure "qemu-export/$case/$n" qemu-img convert -f raw -O "$format" "${qemu_options[@]}" \
+            "$night2" "$run/qemu.$format"
+        sync
+        rm -f "$run/qemu.$format"
+    done
+
+    # Overlay: the change as an overlay against a full snapshot, on two disk sizes.
+    for pair in normal big; do
+        prefix=""
+        [[ $pair == big ]] && prefix=big-
+        base=$night1
+        full=$night2
+        if [[ $pair == big ]]; then
+            base=$run/in/big-night1.img
+            full=$run/in/big-night2.img
+        fi
+        store=$run/overlay-$pair
+        new_store "$store"
+        id1=$(by "$store" --json snapshot create "$base" | json_field /dev/stdin snapshot)
+        warm "$run/in/${prefix}overlay.qcow2"
+        measure "overlay/$pair/$n" by "$store" --json snapshot create \
+            "$run/in/${prefix}overlay.qcow2" --parent "$id1"
+        READ[overlay/$pair]=$(json_field "$BENCH_LOGS/overlay-$pair-$n.out" bytes_read)
+        warm_data "$full"
+        measure "full/$pair/$n" by "$store" --json snapshot create "$full" --parent "$id1"
+        READ[full/$pair]=$(json_field "$BENCH_LOGS/full-$pair-$n.out" bytes_read)
+    done
+done
+
+# --- The report ---------------------------------------------------------------------------
+
+med() {
+    local n list=()
+    for ((n = 1; n <= repeat; n++)); do
+        list+=("${WALL[$1/$n]}")
+    done
+    median "${list[@]}"
+}
+
+report=$work/results/formats-$(date -u +%Y%m%d-%H%M).md
+{
+    echo "# blockyard image formats against qemu-img"
+    echo
+    machine_section "$run"
+    echo "- images: $(stat -c %s "$night1" | awk '{ printf "%.1f GiB", $1 / 2^30 }') ext4, night 1 with $(megabytes "$(allocated_bytes "$night1")") MB allocated"
+    echo "- medians of $repeat runs; stores encrypted"
+    echo
+    echo "## Import of night 1"
+    echo
+    echo "| input | file MB | blockyard import s | raw import s | ratio to raw import | qemu-img convert to raw s |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    raw_import=$(med import/raw)
+    for input in qcow2 vmdk vhd; do
+        echo "| $input | $(megabytes "$(allocated_bytes "$run/in/night1.$input")") | $(med "import/$input") | $raw_import | $(ratio "$(med "import/$input")" "$raw_import") | $(med "qemu-raw/$input") |"
+    done
+    echo
+    echo "## Export of night 2"
+    echo
+    echo "| output | blockyard export s | qemu-img convert s | ratio | qemu-img compare |"
+    echo "|---|---:|---:|---:|---|"
+    for case in qcow2 vmdk-sparse vmdk-stream; do
+        echo "| $case | $(med "export/$case") | $(med "qemu-export/$case") | $(ratio "$(med "export/$case")" "$(med "qemu-export/$case")") | ${COMPARED[$case]} |"
+    done
+    echo
+    echo "## Snapshot of night 2's change"
+    echo
+    echo "| disk | overlay MB | overlay snapshot s | bytes read | full snapshot s | bytes read | time ratio |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for pair in normal big; do
+        prefix=""
+        [[ $pair == big ]] && prefix=big-
+        disk=$night1
+        [[ $pair == big ]] && disk=$run/in/big-night1.img
+        echo "| $(stat -c %s "$disk" | awk '{ printf "%.0f GiB", $1 / 2^30 }') | $(megabytes "$(allocated_bytes "$run/in/${prefix}overlay.qcow2")") | $(med "overlay/$pair") | $(megabytes "${READ[overlay/$pair]}") MB | $(med "full/$pair") | $(megabytes "${READ[full/$pair]}") MB | $(ratio "$(med "overlay/$pair")" "$(med "full/$pair")") |"
+    done
+} | tee "$report"
+note "report written to $report"

@@ -1,0 +1,101 @@
+//! `blockyard import`: a disk image in any format, from a file or an s3:// URL, into one
+//! snapshot per disk.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use blockyard_store::{CreateOptions, SnapshotReader, Store, create_snapshot};
+use serde_json::json;
+
+use super::snapshot::summary;
+use super::snapshot_id;
+use crate::cli::ImportArgs;
+use crate::image::{Backing, open_image};
+use crate::output::{Output, Unit};
+use crate::settings::ConfigFile;
+use crate::units::bytes;
+
+pub(crate) async fn run(
+    args: &ImportArgs,
+    store: &Store,
+    out: Output,
+    config: &ConfigFile,
+) -> Result<()> {
+    let started = Instant::now();
+    let backing = match &args.backing_snapshot {
+        Some(text) => {
+            let id = snapshot_id(text)?;
+            Backing::WhenMissing(Arc::new(SnapshotReader::open(store, &id).await?))
+        }
+        None => Backing::Files,
+    };
+    let image = open_image(&args.source, args.format, backing, config).await?;
+    let format = image.format;
+    let disk_count = image.disks.len();
+    tracing::debug!(source = %args.source, %format, disks = disk_count, "importing");
+
+    let mut snapshots = Vec::with_capacity(disk_count);
+    let mut text = String::new();
+    for disk in image.disks {
+        let mut tags: BTreeMap<String, String> = args.tags.iter().cloned().collect();
+        tags.insert("image-name".into(), args.name.clone());
+        if let Some(family) = &args.family {
+            tags.insert("image-family".into(), family.clone());
+        }
+        tags.insert("device".into(), disk.device.clone());
+        let description = if args.description.is_empty() {
+            format!("{} ({format}, {})", args.name, disk.device)
+        } else {
+            args.description.clone()
+        };
+        let options = CreateOptions {
+            parent: None,
+            description,
+            tags,
+            concurrency: 0,
+            changes_only: false,
+        };
+        let bar = out.progress("import", Unit::Bytes);
+        let record = create_snapshot(store, disk.reader, options, bar.clone())
+            .await
+            .with_context(|| format!("cannot import {} of {}", disk.device, args.source))?;
+        bar.finish();
+        let _ = writeln!(
+            text,
+            "  {}  {}  {}: {} blocks with data, {} new, {} already stored, {} stored",
+            disk.device,
+            record.id,
+            bytes(record.size),
+            record.blocks.data,
+            record.stats.blocks_new,
+            record.stats.blocks_reused,
+            bytes(record.stats.bytes_stored),
+        );
+        let mut entry = summary(&record);
+        entry["device"] = json!(disk.device);
+        snapshots.push(entry);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+
+    let document = json!({
+        "name": args.name,
+        "family": args.family,
+        "source": args.source,
+        "format": format.name(),
+        // The catalog registers an image for the snapshots; until it does, there is none.
+        "image": null,
+        "snapshots": snapshots,
+        "seconds": seconds,
+    });
+    out.emit(&document, || {
+        format!(
+            "imported {} ({format}, {disk_count} disk{}) in {seconds:.2} s\n{text}",
+            args.name,
+            if disk_count == 1 { "" } else { "s" },
+        )
+    })?;
+    Ok(())
+}
