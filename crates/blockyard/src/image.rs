@@ -9,7 +9,7 @@ use blockyard_formats::{
     ByteSource, DiskReader, FileResolver, FileSource, Format, FormatError, Resolver, detect,
     open_at_depth, ova,
 };
-use blockyard_store::{ObjectResolver, SnapshotDisk, SnapshotReader, open_object_url};
+use blockyard_store::{SnapshotDisk, SnapshotReader, open_object_url};
 use tokio::runtime::Handle;
 
 use crate::settings::ConfigFile;
@@ -52,8 +52,8 @@ pub(crate) async fn open_image(
     let (source, base): (Arc<dyn ByteSource>, Box<dyn Resolver>) =
         if let Some(path) = spec.strip_prefix("file://") {
             let path = path.to_owned();
-            let source = tokio::task::spawn_blocking(move || FileSource::open(Path::new(&path)))
-                .await??;
+            let source =
+                tokio::task::spawn_blocking(move || FileSource::open(Path::new(&path))).await??;
             (Arc::new(source), Box::new(FileResolver))
         } else if spec.starts_with("s3://") {
             let options = config.s3_options_for(spec);
@@ -63,8 +63,8 @@ pub(crate) async fn open_image(
             bail!("{spec}: images are read from paths, file:// or s3:// URLs");
         } else {
             let path = spec.to_owned();
-            let source = tokio::task::spawn_blocking(move || FileSource::open(Path::new(&path)))
-                .await??;
+            let source =
+                tokio::task::spawn_blocking(move || FileSource::open(Path::new(&path))).await??;
             (Arc::new(source), Box::new(FileResolver))
         };
     let resolver = ImportResolver {

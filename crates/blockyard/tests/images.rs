@@ -46,7 +46,10 @@ fn import(fx: &Fixture, image: &Path, name: &str, extra: &[&str]) -> Value {
 
 fn first_snapshot(document: &Value) -> (String, Value) {
     let snapshot = document["snapshots"][0].clone();
-    let id = snapshot["snapshot"].as_str().expect("snapshot id").to_owned();
+    let id = snapshot["snapshot"]
+        .as_str()
+        .expect("snapshot id")
+        .to_owned();
     (id, snapshot)
 }
 
@@ -56,7 +59,11 @@ fn assert_same_disk(fx: &Fixture, first: &str, second: &str, what: &str) {
     let b = fx.json(&["snapshot", "show", second]);
     assert_eq!(a["size"], b["size"], "{what}: sizes differ");
     let diff = fx.json(&["snapshot", "diff", first, second]);
-    assert_eq!(diff["changed"], Value::Array(Vec::new()), "{what}: blocks differ");
+    assert_eq!(
+        diff["changed"],
+        Value::Array(Vec::new()),
+        "{what}: blocks differ"
+    );
 }
 
 /// A raw ext4 image with a hole at the end and a zero-filled region written as data.
@@ -67,9 +74,11 @@ fn source_image(fx: &Fixture) -> PathBuf {
         .open(&image)
         .and_then(|f| f.set_len(64 << 20))
         .expect("grow");
-    let file = std::fs::OpenOptions::new().write(true).open(&image).expect("open");
-    std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; 1 << 20], 50 << 20)
-        .expect("zeros");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .expect("open");
+    std::os::unix::fs::FileExt::write_all_at(&file, &vec![0u8; 1 << 20], 50 << 20).expect("zeros");
     std::os::unix::fs::FileExt::write_all_at(&file, &pseudo_text(300_000, 3), 60 << 20)
         .expect("tail data");
     image
@@ -86,13 +95,21 @@ fn images_qemu_img_makes_in_every_format_import_to_the_raw_images_blocks() {
     let cases: &[(&str, &str, &[&str])] = &[
         ("v2.qcow2", "qcow2", &["compat=0.10"]),
         ("v3.qcow2", "qcow2", &["compat=1.1", "cluster_size=4096"]),
-        ("l2.qcow2", "qcow2", &["extended_l2=on", "cluster_size=128k"]),
+        (
+            "l2.qcow2",
+            "qcow2",
+            &["extended_l2=on", "cluster_size=128k"],
+        ),
         ("zstd.qcow2", "qcow2", &["compression_type=zstd"]),
         ("sparse.vmdk", "vmdk", &["subformat=monolithicSparse"]),
         ("stream.vmdk", "vmdk", &["subformat=streamOptimized"]),
         ("flat.vmdk", "vmdk", &["subformat=monolithicFlat"]),
         ("split.vmdk", "vmdk", &["subformat=twoGbMaxExtentSparse"]),
-        ("dynamic.vhd", "vpc", &["subformat=dynamic", "force_size=on"]),
+        (
+            "dynamic.vhd",
+            "vpc",
+            &["subformat=dynamic", "force_size=on"],
+        ),
         ("fixed.vhd", "vpc", &["subformat=fixed", "force_size=on"]),
         ("dynamic.vhdx", "vhdx", &["subformat=dynamic"]),
         ("fixed.vhdx", "vhdx", &["subformat=fixed"]),
@@ -106,12 +123,24 @@ fn images_qemu_img_makes_in_every_format_import_to_the_raw_images_blocks() {
             snapshot["blocks"]["new"], 0,
             "{name}: an import with no lineage stores nothing the store has"
         );
-        assert_eq!(document["snapshots"].as_array().map(Vec::len), Some(1), "{name}");
+        assert_eq!(
+            document["snapshots"].as_array().map(Vec::len),
+            Some(1),
+            "{name}"
+        );
     }
 
     // Compressed clusters, made by `convert -c`.
     let compressed = fx.path("compressed.qcow2");
-    qemu_img(&["convert", "-q", "-c", "-O", "qcow2", path_str(&raw), path_str(&compressed)]);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-c",
+        "-O",
+        "qcow2",
+        path_str(&raw),
+        path_str(&compressed),
+    ]);
     let (id, _) = first_snapshot(&import(&fx, &compressed, "compressed", &[]));
     assert_same_disk(&fx, &raw_id, &id, "compressed qcow2");
 }
@@ -128,7 +157,12 @@ fn exports_in_every_format_pass_qemu_img_check_and_compare() {
         ("out.qcow2", &[], "qcow2", true),
         ("out-c.qcow2", &["--compress"], "qcow2", true),
         ("out.vmdk", &[], "vmdk", true),
-        ("out-s.vmdk", &["--subformat", "streamOptimized"], "vmdk", true),
+        (
+            "out-s.vmdk",
+            &["--subformat", "streamOptimized"],
+            "vmdk",
+            true,
+        ),
         ("out.vhd", &[], "vpc", false),
         ("out-f.vhd", &["--subformat", "fixed"], "vpc", false),
         ("out.vhdx", &[], "vhdx", true),
@@ -142,7 +176,16 @@ fn exports_in_every_format_pass_qemu_img_check_and_compare() {
         if *checkable {
             qemu_img(&["check", "-q", "-f", qemu_format, path_str(&out)]);
         }
-        qemu_img(&["compare", "-q", "-f", "raw", "-F", qemu_format, path_str(&raw), path_str(&out)]);
+        qemu_img(&[
+            "compare",
+            "-q",
+            "-f",
+            "raw",
+            "-F",
+            qemu_format,
+            path_str(&raw),
+            path_str(&out),
+        ]);
 
         // And blockyard reads back what it wrote.
         let (back, _) = first_snapshot(&import(&fx, &out, name, &[]));
@@ -151,7 +194,10 @@ fn exports_in_every_format_pass_qemu_img_check_and_compare() {
 
     // Holes stay holes: the sparse exports take far less space than the disk.
     let allocated = common::allocated(&fx.path("out.qcow2"));
-    assert!(allocated < 40 << 20, "out.qcow2 allocates {allocated} bytes");
+    assert!(
+        allocated < 40 << 20,
+        "out.qcow2 allocates {allocated} bytes"
+    );
 }
 
 #[test]
@@ -170,21 +216,51 @@ fn stream_friendly_formats_export_to_standard_output() {
             args.extend(["--subformat", subformat]);
         }
         let output = fx.run(&args);
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let out = fx.path(&format!("stdout.{format}"));
         std::fs::write(&out, &output.stdout).expect("write");
-        qemu_img(&["compare", "-q", "-f", "raw", "-F", qemu_format, path_str(&raw), path_str(&out)]);
+        qemu_img(&[
+            "compare",
+            "-q",
+            "-f",
+            "raw",
+            "-F",
+            qemu_format,
+            path_str(&raw),
+            path_str(&out),
+        ]);
     }
 
-    let refused = fx.fails(&["export", id.as_str(), "-", "--format", "qcow2", "--compress"]);
+    let refused = fx.fails(&[
+        "export",
+        id.as_str(),
+        "-",
+        "--format",
+        "qcow2",
+        "--compress",
+    ]);
     assert!(refused.contains("file output"), "{refused}");
 }
 
 /// A base image snapshotted, and a qcow2 overlay on it with `writes` applied by qemu-io.
 fn overlay(fx: &Fixture, size_mib: u64, writes: &[&str]) -> (PathBuf, String, PathBuf) {
     let base = fx.path(&format!("base-{size_mib}.raw"));
-    qemu_img(&["create", "-q", "-f", "raw", path_str(&base), &format!("{size_mib}M")]);
-    let file = std::fs::OpenOptions::new().write(true).open(&base).expect("open");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "raw",
+        path_str(&base),
+        &format!("{size_mib}M"),
+    ]);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&base)
+        .expect("open");
     for i in 0..16u64 {
         std::os::unix::fs::FileExt::write_all_at(&file, &pseudo_text(200_000, i), i << 20)
             .expect("write base");
@@ -192,7 +268,15 @@ fn overlay(fx: &Fixture, size_mib: u64, writes: &[&str]) -> (PathBuf, String, Pa
     let (base_id, _) = first_snapshot(&import(fx, &base, "base", &[]));
     let top = fx.path(&format!("top-{size_mib}.qcow2"));
     qemu_img(&[
-        "create", "-q", "-f", "qcow2", "-b", path_str(&base), "-F", "raw", path_str(&top),
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        path_str(&base),
+        "-F",
+        "raw",
+        path_str(&top),
     ]);
     for write in writes {
         run_tool(Command::new("qemu-io").args(["-f", "qcow2", "-c", write, path_str(&top)]));
@@ -204,7 +288,11 @@ fn overlay(fx: &Fixture, size_mib: u64, writes: &[&str]) -> (PathBuf, String, Pa
 fn a_qcow2_overlay_snapshot_reads_only_what_the_overlay_wrote() {
     let fx = Fixture::new();
     fx.init();
-    let writes = ["write -P 0x5a 1M 64k", "write -P 0x33 3200k 8k", "write -z 8M 128k"];
+    let writes = [
+        "write -P 0x5a 1M 64k",
+        "write -P 0x33 3200k 8k",
+        "write -z 8M 128k",
+    ];
     for size_mib in [64u64, 1024] {
         let (_, base_id, top) = overlay(&fx, size_mib, &writes);
         let summary = fx.snapshot(&top, &["--parent", &base_id]);
@@ -216,7 +304,14 @@ fn a_qcow2_overlay_snapshot_reads_only_what_the_overlay_wrote() {
 
         // It holds exactly what qemu reads through the overlay.
         let flat = fx.path(&format!("flat-{size_mib}.raw"));
-        qemu_img(&["convert", "-q", "-O", "raw", path_str(&top), path_str(&flat)]);
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            path_str(&top),
+            path_str(&flat),
+        ]);
         let (full_id, _) = first_snapshot(&import(&fx, &flat, "flat", &[]));
         assert_same_disk(&fx, &full_id, id, "overlay snapshot");
         assert!(read > 0);
@@ -229,14 +324,25 @@ fn a_snapshot_stands_in_for_a_backing_file_this_machine_lacks() {
     fx.init();
     let (base, base_id, top) = overlay(&fx, 64, &["write -P 0x77 5M 256k"]);
     let flat = fx.path("flat.raw");
-    qemu_img(&["convert", "-q", "-O", "raw", path_str(&top), path_str(&flat)]);
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "raw",
+        path_str(&top),
+        path_str(&flat),
+    ]);
     std::fs::remove_file(&base).expect("remove base");
 
     let missing = fx.fails(&["import", path_str(&top), "--name", "top"]);
     assert!(missing.contains("base-64.raw"), "{missing}");
 
-    let (id, _) =
-        first_snapshot(&import(&fx, &top, "top", &["--backing-snapshot", base_id.as_str()]));
+    let (id, _) = first_snapshot(&import(
+        &fx,
+        &top,
+        "top",
+        &["--backing-snapshot", base_id.as_str()],
+    ));
     let (full_id, _) = first_snapshot(&import(&fx, &flat, "flat", &[]));
     assert_same_disk(&fx, &full_id, &id, "chain ending in a snapshot");
 }
@@ -247,8 +353,20 @@ fn an_ova_becomes_one_snapshot_per_disk_in_ovf_order() {
     fx.init();
     let first = fx.qemu_raw_image("first.raw", 8 << 20, &[(0, pseudo_text(100_000, 1))]);
     let second = fx.qemu_raw_image("second.raw", 4 << 20, &[(1 << 20, pseudo_text(50_000, 2))]);
-    convert(&fx, &first, "disk-a.vmdk", "vmdk", &["subformat=streamOptimized"]);
-    convert(&fx, &second, "disk-b.vmdk", "vmdk", &["subformat=streamOptimized"]);
+    convert(
+        &fx,
+        &first,
+        "disk-a.vmdk",
+        "vmdk",
+        &["subformat=streamOptimized"],
+    );
+    convert(
+        &fx,
+        &second,
+        "disk-b.vmdk",
+        "vmdk",
+        &["subformat=streamOptimized"],
+    );
     // The OVF lists disk-b first; the tar holds disk-a first.
     let ovf = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
@@ -268,11 +386,14 @@ fn an_ova_becomes_one_snapshot_per_disk_in_ovf_order() {
 </Envelope>
 "#;
     std::fs::write(fx.path("vm.ovf"), ovf).expect("ovf");
-    run_tool(
-        Command::new("tar")
-            .current_dir(fx.dir.path())
-            .args(["--format=ustar", "-cf", "vm.ova", "vm.ovf", "disk-a.vmdk", "disk-b.vmdk"]),
-    );
+    run_tool(Command::new("tar").current_dir(fx.dir.path()).args([
+        "--format=ustar",
+        "-cf",
+        "vm.ova",
+        "vm.ovf",
+        "disk-a.vmdk",
+        "disk-b.vmdk",
+    ]));
     let (first_id, _) = first_snapshot(&import(&fx, &first, "first", &[]));
     let (second_id, _) = first_snapshot(&import(&fx, &second, "second", &[]));
 
@@ -301,7 +422,10 @@ fn a_damaged_image_is_refused_with_the_field_at_fault_and_the_store_is_untouched
     std::fs::write(&bad, &bytes).expect("write");
 
     let error = fx.fails(&["import", path_str(&bad), "--name", "bad"]);
-    assert!(error.contains("qcow2") && error.contains("bad.qcow2"), "{error}");
+    assert!(
+        error.contains("qcow2") && error.contains("bad.qcow2"),
+        "{error}"
+    );
     assert_eq!(error.trim().lines().count(), 1, "{error}");
 
     let truncated = fx.path("short.qcow2");

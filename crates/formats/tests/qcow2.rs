@@ -894,3 +894,21 @@ fn qemu2(path: &Path) -> qcow2::Qcow2Reader {
 fn image_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
+
+/// The fuzz target's seeds and every saved regression go through the target's own walk.
+#[test]
+fn fuzz_seeds_and_regressions_walk_without_a_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let mut walked = 0;
+    for dir in ["seeds/qcow2", "regressions/qcow2_open"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            qcow2_support::walk(std::fs::read(&path).expect("read input"));
+            walked += 1;
+        }
+    }
+    assert!(walked >= 7, "the qcow2 seeds are missing: walked {walked}");
+}

@@ -3,6 +3,9 @@
 //! compare equal to their source, and hand-built hostile images are refused with errors
 //! naming the field at fault.
 
+// Test images are a few MiB: their offsets index memory freely.
+#![allow(clippy::cast_possible_truncation)]
+
 mod vmdk_support;
 
 use std::io::Write;

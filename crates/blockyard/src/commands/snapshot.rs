@@ -16,8 +16,8 @@ use serde_json::json;
 use super::snapshot_id;
 use crate::cli::{CreateArgs, SnapshotCommand};
 use crate::image::{Backing, Disk, open_image};
-use crate::settings::ConfigFile;
 use crate::output::{Output, Unit};
+use crate::settings::ConfigFile;
 use crate::units::bytes;
 
 pub(crate) async fn run(
@@ -163,7 +163,9 @@ async fn create(args: &CreateArgs, store: &Store, out: Output, config: &ConfigFi
         None => None,
     };
     // An overlay's unallocated clusters are its parent's blocks: read only what it stores.
-    let backing = parent_reader.clone().map_or(Backing::Files, Backing::Parent);
+    let backing = parent_reader
+        .clone()
+        .map_or(Backing::Files, Backing::Parent);
     let image = open_image(&args.source, args.format, backing, config).await?;
     let format = image.format;
     let Ok([disk]) = <[Disk; 1]>::try_from(image.disks) else {

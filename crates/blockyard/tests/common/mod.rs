@@ -163,20 +163,22 @@ pub fn run_tool(command: &mut Command) {
 /// Deterministic bytes that compress like text or code: words drawn from a small
 /// vocabulary by a xorshift generator.
 pub fn pseudo_text(len: u64, seed: u64) -> Vec<u8> {
+    let len = usize::try_from(len).expect("test data fits in memory");
     const WORDS: [&str; 12] = [
         "block", "yard", "image", "kernel", "build", "fn ", "0x1f", "\n", "return", "struct", "{",
         "}",
     ];
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len as usize);
-    while (out.len() as u64) < len {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        out.extend_from_slice(WORDS[(state % WORDS.len() as u64) as usize].as_bytes());
+        let word = state.to_le_bytes()[7] as usize % WORDS.len();
+        out.extend_from_slice(WORDS[word].as_bytes());
         out.extend_from_slice(&state.to_le_bytes()[..2]);
     }
-    out.truncate(len as usize);
+    out.truncate(len);
     out
 }
 

@@ -102,7 +102,7 @@ impl VhdxReader {
         } else {
             log::replay(&source, &header, &name)?
         };
-        let replayed_log_entries = replayed.as_ref().map_or(0, |log| log.entries());
+        let replayed_log_entries = replayed.as_ref().map_or(0, log::ReplayedSource::entries);
         let tables_at = REGION_TABLE_OFFSETS[0];
         let (source, tables): (Arc<dyn ByteSource>, _) = match replayed {
             Some(replayed) => {

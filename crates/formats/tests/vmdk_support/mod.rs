@@ -21,7 +21,7 @@ use blockyard_formats::{
 const COMPARE_CHUNK: u64 = 4 << 20;
 
 /// Runs qemu-img with `args` and returns its standard output; panics on failure.
-pub fn qemu_img(args: &[&str]) -> String {
+pub(crate) fn qemu_img(args: &[&str]) -> String {
     let output = Command::new("qemu-img")
         .args(args)
         .output()
@@ -36,7 +36,7 @@ pub fn qemu_img(args: &[&str]) -> String {
 }
 
 /// Runs each qemu-io command on `image`, opened as `format`.
-pub fn qemu_io(image: &Path, format: &str, commands: &[&str]) {
+pub(crate) fn qemu_io(image: &Path, format: &str, commands: &[&str]) {
     let mut command = Command::new("qemu-io");
     command.args(["-f", format]);
     for c in commands {
@@ -52,12 +52,12 @@ pub fn qemu_io(image: &Path, format: &str, commands: &[&str]) {
 }
 
 /// The path as a `&str` for a command line.
-pub fn text(path: &Path) -> &str {
+pub(crate) fn text(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
 }
 
 /// A sparse raw image of `size` bytes with qemu-io `commands` applied.
-pub fn raw_image(dir: &Path, name: &str, size: &str, commands: &[&str]) -> PathBuf {
+pub(crate) fn raw_image(dir: &Path, name: &str, size: &str, commands: &[&str]) -> PathBuf {
     let path = dir.join(name);
     qemu_img(&["create", "-q", "-f", "raw", text(&path), size]);
     qemu_io(&path, "raw", commands);
@@ -65,7 +65,7 @@ pub fn raw_image(dir: &Path, name: &str, size: &str, commands: &[&str]) -> PathB
 }
 
 /// Converts `raw` to a VMDK of `subformat` with qemu-img.
-pub fn qemu_vmdk(raw: &Path, out: &Path, subformat: &str) {
+pub(crate) fn qemu_vmdk(raw: &Path, out: &Path, subformat: &str) {
     let option = format!("subformat={subformat}");
     qemu_img(&[
         "convert",
@@ -82,20 +82,20 @@ pub fn qemu_vmdk(raw: &Path, out: &Path, subformat: &str) {
 }
 
 /// What qemu-img makes of `image` as a raw file, beside it.
-pub fn raw_of(image: &Path) -> PathBuf {
+pub(crate) fn raw_of(image: &Path) -> PathBuf {
     let raw = image.with_extension("qemu.raw");
     qemu_img(&["convert", "-q", "-O", "raw", text(image), text(&raw)]);
     raw
 }
 
 /// Opens `path` as its magic numbers say, with extent and parent files beside it.
-pub fn open_path(path: &Path) -> Box<dyn DiskReader> {
+pub(crate) fn open_path(path: &Path) -> Box<dyn DiskReader> {
     let source = FileSource::open(path).expect("open the image file");
     blockyard_formats::open(Arc::new(source), None, &FileResolver).expect("open the image")
 }
 
 /// Opens `path` as a VMDK, with extent and parent files beside it.
-pub fn open_vmdk(path: &Path) -> VmdkReader {
+pub(crate) fn open_vmdk(path: &Path) -> VmdkReader {
     let source = FileSource::open(path).expect("open the image file");
     let context = OpenContext {
         resolver: &FileResolver,
@@ -106,7 +106,7 @@ pub fn open_vmdk(path: &Path) -> VmdkReader {
 
 /// What a walk over a disk's extents found.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Bytes in extents reported `Data`.
     pub data_bytes: u64,
     /// Bytes in extents reported `Zero`.
@@ -118,7 +118,7 @@ pub struct Summary {
 /// Walks every extent of the VMDK at `image` and checks it against qemu's raw conversion:
 /// data extents hold the same bytes, zero extents cover only zeros; reads that start and
 /// end inside grains and cross extents agree too.
-pub fn assert_reads_like_qemu(image: &Path) -> Summary {
+pub(crate) fn assert_reads_like_qemu(image: &Path) -> Summary {
     let raw_path = raw_of(image);
     let mut reader = open_path(image);
     let summary = assert_matches_raw(&mut *reader, &raw_path);
@@ -127,7 +127,7 @@ pub fn assert_reads_like_qemu(image: &Path) -> Summary {
 }
 
 /// [`assert_reads_like_qemu`] against a raw file already made.
-pub fn assert_matches_raw(reader: &mut dyn DiskReader, raw_path: &Path) -> Summary {
+pub(crate) fn assert_matches_raw(reader: &mut dyn DiskReader, raw_path: &Path) -> Summary {
     let raw = File::open(raw_path).expect("open the raw conversion");
     let size = raw.metadata().expect("raw size").len();
     assert_eq!(reader.size(), size, "virtual size");
@@ -199,7 +199,7 @@ fn assert_raw_zero(path: &Path, raw: &File, start: u64, end: u64) {
 }
 
 /// A layout and the data blocks of the raw image at `raw`, cut into `block_size` blocks.
-pub fn export_layout(raw: &Path, block_size: u64) -> (ExportLayout, Vec<(u64, Vec<u8>)>) {
+pub(crate) fn export_layout(raw: &Path, block_size: u64) -> (ExportLayout, Vec<(u64, Vec<u8>)>) {
     let reader = RawReader::open(raw).expect("open raw");
     let size = reader.size();
     let mut blocks = Vec::new();
@@ -218,7 +218,7 @@ pub fn export_layout(raw: &Path, block_size: u64) -> (ExportLayout, Vec<(u64, Ve
 }
 
 /// The identity every test export carries.
-pub fn identity() -> ImageIdentity {
+pub(crate) fn identity() -> ImageIdentity {
     ImageIdentity {
         unique_id: *b"blockyard-vmdk!!",
         created_unix: 1_700_000_000,
@@ -227,7 +227,7 @@ pub fn identity() -> ImageIdentity {
 
 /// Exports the raw image at `raw` as a VMDK of `subformat` to `out`, through a file sink,
 /// and checks that a stream sink gets the very same bytes.
-pub fn export(raw: &Path, block_size: u64, subformat: VmdkSubformat, out: &Path) {
+pub(crate) fn export(raw: &Path, block_size: u64, subformat: VmdkSubformat, out: &Path) {
     let (layout, blocks) = export_layout(raw, block_size);
     let options = VmdkWriteOptions { subformat };
     let mut feed = blocks.clone().into_iter().map(Ok);
@@ -246,7 +246,7 @@ pub fn export(raw: &Path, block_size: u64, subformat: VmdkSubformat, out: &Path)
 
 /// Checks an export with qemu: `check` passes, `info` sees a VMDK of the raw image's size,
 /// `compare` finds it equal to the raw image.
-pub fn assert_qemu_accepts(image: &Path, raw: &Path, create_type: &str) {
+pub(crate) fn assert_qemu_accepts(image: &Path, raw: &Path, create_type: &str) {
     qemu_img(&["check", "-q", "-f", "vmdk", text(image)]);
     let info = qemu_img(&["info", "--output=json", text(image)]);
     assert!(info.contains("\"format\": \"vmdk\""), "{info}");
@@ -273,20 +273,20 @@ pub fn assert_qemu_accepts(image: &Path, raw: &Path, create_type: &str) {
 }
 
 /// Writes `bytes` to `path`.
-pub fn write_file(path: &Path, bytes: &[u8]) {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) {
     let mut file = File::create(path).expect("create");
     file.write_all(bytes).expect("write");
 }
 
 /// A resolver over files in memory, by name; unknown names are not found.
 #[derive(Debug, Default)]
-pub struct MemoryResolver {
+pub(crate) struct MemoryResolver {
     files: HashMap<String, Arc<dyn ByteSource>>,
 }
 
 impl MemoryResolver {
     /// Serves `bytes` as the file `name`.
-    pub fn with(mut self, name: &str, bytes: Vec<u8>) -> Self {
+    pub(crate) fn with(mut self, name: &str, bytes: Vec<u8>) -> Self {
         self.files
             .insert(name.to_owned(), Arc::new(MemorySource::new(name, bytes)));
         self
@@ -317,7 +317,7 @@ impl Resolver for MemoryResolver {
 }
 
 /// Opens `bytes` as a VMDK called "disk.vmdk", its other files served by `resolver`.
-pub fn open_bytes(
+pub(crate) fn open_bytes(
     bytes: Vec<u8>,
     resolver: &MemoryResolver,
 ) -> Result<Box<dyn DiskReader>, FormatError> {
@@ -327,7 +327,7 @@ pub fn open_bytes(
 }
 
 /// Reads the whole disk, extent by extent.
-pub fn read_all(reader: &mut dyn DiskReader) -> Result<Vec<u8>, FormatError> {
+pub(crate) fn read_all(reader: &mut dyn DiskReader) -> Result<Vec<u8>, FormatError> {
     let size = reader.size();
     let mut offset = 0;
     while offset < size {
