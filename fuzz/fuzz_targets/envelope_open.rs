@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let keys = blockyard_fuzz::key_domain(input.encrypted);
 
-    if let Ok((payload, compressed)) = keys.open(input.kind, input.name, input.envelope) {
+    if let Ok(opened) = keys.open_with_clear(input.kind, input.name, input.envelope) {
         let parsed = Envelope::parse(input.envelope).expect("an opened envelope parses");
         let sealer = if parsed.encrypted && parsed.key_id != keys.current_key_id() {
             KeyDomain::new(
@@ -33,7 +33,17 @@ fuzz_target!(|data: &[u8]| {
         } else {
             keys.clone()
         };
-        let resealed = sealer.seal(input.kind, input.name, &payload, compressed);
+        let resealed = if parsed.has_clear {
+            sealer.seal_with_clear(
+                input.kind,
+                input.name,
+                &opened.clear,
+                &opened.payload,
+                opened.compressed,
+            )
+        } else {
+            sealer.seal(input.kind, input.name, &opened.payload, opened.compressed)
+        };
         assert_eq!(
             resealed, input.envelope,
             "an opened envelope is not its own re-seal"

@@ -17,11 +17,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
 
-    assert_eq!(
-        envelope.body,
-        &data[ENVELOPE_HEADER_LEN..],
-        "the body is not the rest"
-    );
+    let rest = &data[ENVELOPE_HEADER_LEN..];
+    if envelope.has_clear {
+        let clear_end = 4 + envelope.clear.len();
+        assert_eq!(&rest[4..clear_end], envelope.clear, "the clear part is misplaced");
+        assert_eq!(envelope.body, &rest[clear_end..], "the body is not the rest");
+    } else {
+        assert!(envelope.clear.is_empty(), "a clear part without the flag");
+        assert_eq!(envelope.body, rest, "the body is not the rest");
+    }
     if envelope.encrypted {
         assert!(envelope.body.len() >= TAG_LEN, "no room for the tag");
     } else {

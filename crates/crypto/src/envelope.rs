@@ -8,17 +8,26 @@
 //!       0     4  magic "BYO1"
 //!       4     1  version, 1
 //!       5     1  object kind (ObjectKind: 1 block, 2 segment, 3 snapshot, 4 image)
-//!       6     1  flags: bit 0 encrypted, bit 1 compressed; bits 2..8 must be 0
+//!       6     1  flags: bit 0 encrypted, bit 1 compressed, bit 2 clear part;
+//!                  bits 3..8 must be 0
 //!       7     1  reserved, must be 0
 //!       8     4  data key id, u32; 0 when not encrypted, ≥ 1 when encrypted
 //!      12    12  AES-GCM-SIV nonce; all zero when not encrypted
 //!      24     …  body
 //!
-//!  encrypted body:  ciphertext (payload length) ‖ 16-byte AES-GCM-SIV tag
-//!                   AAD = header[0..24] ‖ name length (u32) ‖ name
-//!  plaintext body:  payload ‖ 32-byte BLAKE3 hash of
-//!                   header[0..24] ‖ name length (u32) ‖ name ‖ payload
+//!  clear part (flag bit 2 only), at the start of the body:
+//!                   clear length (u32) ‖ clear bytes
+//!  encrypted body:  [clear part] ‖ ciphertext (payload length) ‖ 16-byte AES-GCM-SIV tag
+//!                   AAD = header[0..24] ‖ name length (u32) ‖ name ‖ [clear part]
+//!  plaintext body:  [clear part] ‖ payload ‖ 32-byte BLAKE3 hash of
+//!                   header[0..24] ‖ name length (u32) ‖ name ‖ [clear part] ‖ payload
 //! ```
+//!
+//! The *clear part* is readable without any key and authenticated with the rest. It holds
+//! what a process without keys must see to copy an object's references verbatim between
+//! stores of one key domain: a commit record's segment ids, a segment's block ids. An
+//! envelope without the flag has no clear part and the same bytes it had before the flag
+//! existed.
 //!
 //! The object's *name* (its id, or a snapshot id's text) is not stored in the envelope but is
 //! bound into the tag or checksum, so an envelope renamed, or stored under another kind,
@@ -65,8 +74,14 @@ const FLAG_ENCRYPTED: u8 = 0b01;
 /// Flag bit: the payload was compressed by the caller.
 const FLAG_COMPRESSED: u8 = 0b10;
 
+/// Flag bit: the body starts with a clear part (its length, then its bytes).
+const FLAG_CLEAR: u8 = 0b100;
+
 /// Every flag bit this version knows; others must be 0.
-const KNOWN_FLAGS: u8 = FLAG_ENCRYPTED | FLAG_COMPRESSED;
+const KNOWN_FLAGS: u8 = FLAG_ENCRYPTED | FLAG_COMPRESSED | FLAG_CLEAR;
+
+/// Length of the clear part's length field, in bytes.
+const CLEAR_LEN_LEN: usize = 4;
 
 /// Offset of the reserved byte, which must be 0.
 const RESERVED_OFFSET: usize = 7;
@@ -102,8 +117,13 @@ pub struct Envelope<'a> {
     pub key_id: u32,
     /// The AES-GCM-SIV nonce; all zero when not encrypted.
     pub nonce: [u8; NONCE_LEN],
-    /// Everything after the header: ciphertext and tag, or payload and checksum. Parsing
-    /// guarantees it is at least as long as the tag or checksum.
+    /// The clear part: readable without a key, authenticated with the rest once the
+    /// envelope is opened. Empty when the envelope has none.
+    pub clear: &'a [u8],
+    /// Whether the envelope has a clear part (which may be empty).
+    pub has_clear: bool,
+    /// Everything after the header and the clear part: ciphertext and tag, or payload and
+    /// checksum. Parsing guarantees it is at least as long as the tag or checksum.
     pub body: &'a [u8],
 }
 
@@ -174,6 +194,12 @@ impl<'a> Envelope<'a> {
         } else {
             (CHECKSUM_LEN, "checksum")
         };
+        let has_clear = flags & FLAG_CLEAR != 0;
+        let (clear, body) = if has_clear {
+            split_clear(body, trailer_len)?
+        } else {
+            (&body[..0], body)
+        };
         if body.len() < trailer_len {
             return Err(bad_envelope(format!(
                 "its body is {} bytes long, shorter than its {trailer_len}-byte {trailer}",
@@ -187,9 +213,39 @@ impl<'a> Envelope<'a> {
             compressed: flags & FLAG_COMPRESSED != 0,
             key_id,
             nonce,
+            clear,
+            has_clear,
             body,
         })
     }
+}
+
+/// Splits a body flagged as having a clear part into that part and the rest, leaving at
+/// least `trailer_len` bytes in the rest.
+fn split_clear(body: &[u8], trailer_len: usize) -> Result<(&[u8], &[u8]), CryptoError> {
+    let Some((len, rest)) = body.split_first_chunk::<CLEAR_LEN_LEN>() else {
+        return Err(bad_envelope(format!(
+            "its body is {} bytes long, too short for the length of its clear part",
+            body.len()
+        )));
+    };
+    let len = u32::from_le_bytes(*len);
+    let room = rest.len().saturating_sub(trailer_len);
+    match usize::try_from(len) {
+        Ok(len) if len <= room => Ok(rest.split_at(len)),
+        _ => Err(bad_envelope(format!(
+            "its clear part claims {len} bytes at offset {} where only {room} fit before the \
+             trailer",
+            ENVELOPE_HEADER_LEN + CLEAR_LEN_LEN
+        ))),
+    }
+}
+
+/// What sealing binds besides the payload: the object's name and its clear part, if any.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bound<'a> {
+    pub(crate) name: &'a [u8],
+    pub(crate) clear: Option<&'a [u8]>,
 }
 
 /// Seals `payload` as an encrypted envelope under `cipher`, the data key numbered `key_id`.
@@ -202,21 +258,24 @@ pub(crate) fn seal_encrypted(
     key_id: u32,
     nonce: [u8; NONCE_LEN],
     kind: ObjectKind,
-    name: &[u8],
+    bound: Bound<'_>,
     payload: &[u8],
     compressed: bool,
 ) -> Vec<u8> {
-    let header = header(kind, true, compressed, key_id, nonce);
+    let header = header(kind, true, compressed, bound.clear.is_some(), key_id, nonce);
 
     // Encrypt in place after the header, then append the tag: one allocation, one copy.
-    let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + payload.len() + TAG_LEN);
+    let clear = clear_part(bound.clear);
+    let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + clear.len() + payload.len() + TAG_LEN);
     out.extend_from_slice(&header);
+    out.extend_from_slice(&clear);
+    let start = out.len();
     out.extend_from_slice(payload);
     let tag = cipher
         .encrypt_in_place_detached(
             &Nonce::from(nonce),
-            &associated_data(&header, name),
-            &mut out[ENVELOPE_HEADER_LEN..],
+            &associated_data(&header, bound.name, &clear),
+            &mut out[start..],
         )
         .expect("aes-gcm-siv seals any payload up to 64 GiB");
     out.extend_from_slice(&tag);
@@ -226,15 +285,25 @@ pub(crate) fn seal_encrypted(
 /// Seals `payload` as a plaintext envelope with a BLAKE3 checksum.
 pub(crate) fn seal_plain(
     kind: ObjectKind,
-    name: &[u8],
+    bound: Bound<'_>,
     payload: &[u8],
     compressed: bool,
 ) -> Vec<u8> {
-    let header = header(kind, false, compressed, 0, [0u8; NONCE_LEN]);
-    let checksum = checksum(&header, name, payload);
+    let header = header(
+        kind,
+        false,
+        compressed,
+        bound.clear.is_some(),
+        0,
+        [0u8; NONCE_LEN],
+    );
+    let clear = clear_part(bound.clear);
+    let checksum = checksum(&header, bound.name, &clear, payload);
 
-    let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + payload.len() + CHECKSUM_LEN);
+    let mut out =
+        Vec::with_capacity(ENVELOPE_HEADER_LEN + clear.len() + payload.len() + CHECKSUM_LEN);
     out.extend_from_slice(&header);
+    out.extend_from_slice(&clear);
     out.extend_from_slice(payload);
     out.extend_from_slice(checksum.as_bytes());
     out
@@ -255,7 +324,7 @@ pub(crate) fn open_encrypted(
     cipher
         .decrypt_in_place_detached(
             &Nonce::from(envelope.nonce),
-            &associated_data(header, name),
+            &associated_data(header, name, &clear_part_of(envelope)),
             &mut payload,
             &Tag::from(*tag),
         )
@@ -274,7 +343,8 @@ pub(crate) fn open_plain(
     let (payload, stored) = split_trailer::<CHECKSUM_LEN>(envelope.body)?;
 
     // `blake3::Hash` compares in constant time; not needed for a checksum, but harmless.
-    if checksum(header, name, payload) != blake3::Hash::from_bytes(*stored) {
+    let clear = clear_part_of(envelope);
+    if checksum(header, name, &clear, payload) != blake3::Hash::from_bytes(*stored) {
         return Err(tampered(envelope.kind, name));
     }
     Ok(payload.to_vec())
@@ -285,6 +355,7 @@ fn header(
     kind: ObjectKind,
     encrypted: bool,
     compressed: bool,
+    clear: bool,
     key_id: u32,
     nonce: [u8; NONCE_LEN],
 ) -> [u8; ENVELOPE_HEADER_LEN] {
@@ -294,6 +365,9 @@ fn header(
     }
     if compressed {
         flags |= FLAG_COMPRESSED;
+    }
+    if clear {
+        flags |= FLAG_CLEAR;
     }
 
     let mut header = [0u8; ENVELOPE_HEADER_LEN];
@@ -307,17 +381,41 @@ fn header(
     header
 }
 
+/// The clear part as stored: its length and bytes, or nothing for an envelope without one.
+///
+/// # Panics
+///
+/// If `clear` is 4 GiB or longer; clear parts hold ids and are a few MiB at most.
+fn clear_part(clear: Option<&[u8]>) -> Vec<u8> {
+    let Some(clear) = clear else {
+        return Vec::new();
+    };
+    let len = u32::try_from(clear.len()).expect("a clear part is shorter than 4 GiB");
+    [len.to_le_bytes().as_slice(), clear].concat()
+}
+
+/// The stored clear part of a parsed envelope.
+fn clear_part_of(envelope: &Envelope<'_>) -> Vec<u8> {
+    clear_part(envelope.has_clear.then_some(envelope.clear))
+}
+
 /// The AES-GCM-SIV associated data of an encrypted envelope.
-fn associated_data(header: &[u8; ENVELOPE_HEADER_LEN], name: &[u8]) -> Vec<u8> {
-    [header.as_slice(), &name_len(name), name].concat()
+fn associated_data(header: &[u8; ENVELOPE_HEADER_LEN], name: &[u8], clear: &[u8]) -> Vec<u8> {
+    [header.as_slice(), &name_len(name), name, clear].concat()
 }
 
 /// The checksum that ends a plaintext envelope.
-fn checksum(header: &[u8; ENVELOPE_HEADER_LEN], name: &[u8], payload: &[u8]) -> blake3::Hash {
+fn checksum(
+    header: &[u8; ENVELOPE_HEADER_LEN],
+    name: &[u8],
+    clear: &[u8],
+    payload: &[u8],
+) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
     hasher.update(header);
     hasher.update(&name_len(name));
     hasher.update(name);
+    hasher.update(clear);
     hasher.update(payload);
     hasher.finalize()
 }
@@ -361,7 +459,7 @@ mod tests {
         bytes.extend_from_slice(&0u32.to_le_bytes()); // 8..12 key id: none
         bytes.extend_from_slice(&[0; 12]); // 12..24 nonce: none
         let header: [u8; 24] = bytes.clone().try_into().expect("24 bytes");
-        bytes.extend_from_slice(checksum(&header, b"name", b"").as_bytes()); // 24..56 checksum
+        bytes.extend_from_slice(checksum(&header, b"name", b"", b"").as_bytes()); // 24..56 checksum
         bytes
     }
 
@@ -381,7 +479,11 @@ mod tests {
 
     #[test]
     fn seal_plain_writes_the_documented_layout() {
-        let sealed = seal_plain(ObjectKind::Block, b"name", b"", true);
+        let bound = Bound {
+            name: b"name",
+            clear: None,
+        };
+        let sealed = seal_plain(ObjectKind::Block, bound, b"", true);
 
         assert_eq!(sealed, plaintext_fixture());
     }
@@ -428,7 +530,7 @@ mod tests {
             (VERSION_OFFSET, 2, "version"),
             (KIND_OFFSET, 0, "kind 0"),
             (KIND_OFFSET, 5, "kind 5"),
-            (FLAGS_OFFSET, 0b110, "unknown flag"),
+            (FLAGS_OFFSET, 0b1010, "unknown flag"),
             (FLAGS_OFFSET, 0x80, "high flag"),
             (RESERVED_OFFSET, 1, "reserved"),
             (KEY_ID_OFFSET, 1, "key id without encryption"),

@@ -50,4 +50,4 @@ pub mod keys;
 pub use envelope::{ENVELOPE_HEADER_LEN, Envelope};
 pub use error::CryptoError;
 pub use id::{ObjectId, ObjectKind};
-pub use keys::{DomainId, DomainSecret, KeyDomain, KeySlot, MasterKey, SlotKdf};
+pub use keys::{DomainId, DomainSecret, KeyDomain, KeySlot, MasterKey, Opened, SlotKdf};

@@ -6,6 +6,9 @@
 //! blocks/<aaa>/<block-id>         envelope(zstd(block)), named by the keyed BLAKE3 id
 //! manifests/<aaa>/<segment-id>    envelope(segment): 4096 positions, data bitmap + ids
 //! snapshots/<snap-id>             envelope(commit record), written last: the commit point
+//! copymaps/<domain>/<aaa>/<seg>   envelope(id of this store's segment that translates
+//!                                 segment <seg> of key domain <domain>), written by copies
+//!                                 from another key domain
 //! ```
 //!
 //! `<aaa>` is the first three hex digits of the id: 4096 folders keep a local store's
@@ -54,6 +57,11 @@ pub(crate) fn snapshots() -> Path {
 /// One snapshot's commit record.
 pub(crate) fn snapshot(id: &SnapshotId) -> Path {
     Path::from(format!("snapshots/{id}"))
+}
+
+/// The translation of a segment of another key domain into this store's ids.
+pub(crate) fn copy_map(domain: &str, segment: &ObjectId) -> Path {
+    sharded(&format!("copymaps/{domain}"), segment)
 }
 
 fn sharded(folder: &str, id: &ObjectId) -> Path {

@@ -32,6 +32,7 @@
 mod check;
 mod codec;
 mod config;
+mod copy;
 mod disk;
 mod durability;
 mod error;
@@ -42,6 +43,7 @@ mod location;
 mod object_sink;
 mod object_source;
 mod progress;
+mod raw;
 mod reader;
 mod restore;
 mod segment;
@@ -53,6 +55,10 @@ pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use config::{
     DEFAULT_BLOCK_SIZE, FORMAT_VERSION, KeyDomainConfig, SEGMENT_BLOCKS, StoreConfig,
 };
+pub use copy::{
+    CopyMode, CopyOptions, CopyProgress, DEFAULT_COPY_CONCURRENCY, DestinationReport, Endpoint,
+    copy_snapshot,
+};
 pub use disk::SnapshotDisk;
 pub use error::{Result, StoreError};
 pub use export::{ExportSummary, export};
@@ -61,9 +67,10 @@ pub use location::Location;
 pub use object_sink::ObjectUpload;
 pub use object_source::{ObjectResolver, ObjectSource, open_object, open_object_url};
 pub use progress::{NoProgress, Progress};
+pub use raw::{RawStore, record_segments, segment_of};
 pub use reader::{ChangedBlock, SnapshotReader, diff};
 pub use restore::{RestoreOptions, RestoreSummary, restore};
 pub use segment::Segment;
-pub use snapshot::{BlockCounts, SnapshotId, SnapshotRecord, WriteStats};
+pub use snapshot::{BlockCounts, SnapshotId, SnapshotRecord, WriteStats, record_references};
 pub use store::{InitOptions, Store};
 pub use writer::{Fill, PutOutcome, SnapshotOptions, SnapshotWriter};

@@ -4,6 +4,16 @@
 //! not. It holds everything needed to read the snapshot back: the disk size, the block
 //! size, and the ids of its manifest segments in order. It is sealed like every other
 //! object, so in an encrypted store its description and tags are encrypted too.
+//!
+//! The segment ids are also kept in the envelope's clear part, so that a copy between
+//! stores of one key domain can find what a snapshot references without any key:
+//!
+//! ```text
+//! offset  size        field
+//! 0       4           magic "BYR1"
+//! 4       4           segment count n, u32 little-endian
+//! 8       32 * n      the segment ids, in order
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -177,9 +187,77 @@ impl SnapshotRecord {
     }
 }
 
+/// Magic number of a commit record's clear part.
+const REFERENCES_MAGIC: &[u8; 4] = b"BYR1";
+
+/// Length of the clear part's fixed header: magic and count.
+const REFERENCES_HEADER_LEN: usize = 8;
+
+/// Length of an object id, in bytes.
+const ID_LEN: usize = 32;
+
+/// The clear part of a commit record naming `segments`: what the envelope of every commit
+/// record carries readable without a key (layout in this module's docs).
+pub fn record_references(segments: &[ObjectId]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(REFERENCES_HEADER_LEN + ID_LEN * segments.len());
+    out.extend_from_slice(REFERENCES_MAGIC);
+    out.extend_from_slice(
+        &u32::try_from(segments.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for id in segments {
+        out.extend_from_slice(id.as_bytes());
+    }
+    out
+}
+
+/// Parses a commit record's clear part. The count must match the bytes exactly, so a
+/// hostile count cannot make this allocate more than the input's size.
+pub(crate) fn decode_references(bytes: &[u8]) -> std::result::Result<Vec<ObjectId>, String> {
+    let Some((header, ids)) = bytes.split_first_chunk::<REFERENCES_HEADER_LEN>() else {
+        return Err(format!(
+            "its clear part is {} bytes, shorter than its {REFERENCES_HEADER_LEN}-byte header",
+            bytes.len()
+        ));
+    };
+    if &header[..4] != REFERENCES_MAGIC {
+        return Err("its clear part does not start with the magic \"BYR1\"".to_owned());
+    }
+    let count = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if ids.len() as u64 != u64::from(count) * ID_LEN as u64 {
+        return Err(format!(
+            "its clear part names {count} segments in {} bytes of ids",
+            ids.len()
+        ));
+    }
+    Ok(ids
+        .chunks_exact(ID_LEN)
+        .map(|chunk| {
+            let mut id = [0u8; ID_LEN];
+            id.copy_from_slice(chunk);
+            ObjectId::from_bytes(id)
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_round_trip_and_refuse_a_count_that_does_not_match() {
+        let ids = vec![ObjectId::from_bytes([1; 32]), ObjectId::from_bytes([2; 32])];
+        let mut bytes = record_references(&ids);
+
+        assert_eq!(decode_references(&bytes), Ok(ids));
+        bytes[4] = 200;
+        assert!(decode_references(&bytes).is_err());
+        bytes[4] = 2;
+        bytes[0] = b'X';
+        assert!(decode_references(&bytes).is_err());
+        assert!(decode_references(&bytes[..5]).is_err());
+    }
 
     #[test]
     fn ids_round_trip_and_sort_by_time() {

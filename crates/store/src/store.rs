@@ -20,8 +20,9 @@ use crate::config::{
 use crate::durability::LocalSync;
 use crate::error::{Result, StoreError};
 use crate::layout;
+use crate::raw::RawStore;
 use crate::segment::Segment;
-use crate::snapshot::{SnapshotId, SnapshotRecord};
+use crate::snapshot::{self, SnapshotId, SnapshotRecord};
 
 /// zstd level for new blocks: level 1 keeps both cores ahead of the disk; level 3 costs
 /// about half as much CPU again for 8% less data.
@@ -29,6 +30,14 @@ const DEFAULT_COMPRESSION_LEVEL: i32 = 1;
 
 /// Name of the first key slot `init` writes.
 const FIRST_SLOT: &str = "slot-0";
+
+/// The key domain a new store joins.
+struct NewDomain {
+    id: DomainId,
+    secret: DomainSecret,
+    encrypted: bool,
+    current_key_id: u32,
+}
 
 /// Options for creating a store.
 #[derive(Debug, Default)]
@@ -105,6 +114,68 @@ impl Store {
         master_key: Option<MasterKey>,
     ) -> Result<Self> {
         validate_block_size(block_size)?;
+        let domain = NewDomain {
+            id: DomainId::generate(),
+            secret: DomainSecret::generate(),
+            encrypted: master_key.is_some(),
+            current_key_id: 1,
+        };
+        Self::create(objects, location, block_size, domain, master_key).await
+    }
+
+    /// Creates a store at `location` in the key domain of `like`: the same domain secret,
+    /// block size and encryption, so that copies between the two move sealed objects as
+    /// they are, with no key. An encrypted domain needs `master_key`, the new store's own
+    /// master key; an unencrypted one takes none.
+    pub async fn init_like(
+        location: &Location,
+        like: &Store,
+        master_key: Option<MasterKey>,
+    ) -> Result<Self> {
+        let objects = location.connect(true)?;
+        Self::init_like_on(objects, location.clone(), like, master_key).await
+    }
+
+    /// [`init_like`](Self::init_like) on an object store the caller built.
+    pub async fn init_like_on(
+        objects: Arc<dyn ObjectStore>,
+        location: Location,
+        like: &Store,
+        master_key: Option<MasterKey>,
+    ) -> Result<Self> {
+        let keys = like.keys();
+        match (keys.is_encrypted(), master_key.is_some()) {
+            (true, false) => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{} is encrypted, so a store in its key domain needs a master key of its \
+                     own (--key-file, --passphrase-env or --key-command)",
+                    like.location()
+                )));
+            }
+            (false, true) => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{} is not encrypted, so a store in its key domain takes no master key",
+                    like.location()
+                )));
+            }
+            _ => {}
+        }
+        let domain = NewDomain {
+            id: keys.domain_id(),
+            secret: keys.secret(),
+            encrypted: keys.is_encrypted(),
+            current_key_id: keys.current_key_id(),
+        };
+        Self::create(objects, location, like.block_size(), domain, master_key).await
+    }
+
+    async fn create(
+        objects: Arc<dyn ObjectStore>,
+        location: Location,
+        block_size: u64,
+        domain: NewDomain,
+        master_key: Option<MasterKey>,
+    ) -> Result<Self> {
         let config_path = layout::config();
         match objects.head(&config_path).await {
             Ok(_) => {
@@ -116,9 +187,12 @@ impl Store {
             Err(e) => return Err(StoreError::backend("read", &config_path)(e)),
         }
 
-        let domain = DomainId::generate();
-        let secret = DomainSecret::generate();
-        let encrypted = master_key.is_some();
+        let NewDomain {
+            id: domain,
+            secret,
+            encrypted,
+            current_key_id,
+        } = domain;
         let mut features: BTreeSet<String> = ["zstd", "blake3-keyed-ids"]
             .into_iter()
             .map(str::to_owned)
@@ -140,7 +214,7 @@ impl Store {
             key_domain: KeyDomainConfig {
                 id: domain,
                 encrypted,
-                current_key_id: 1,
+                current_key_id,
                 plaintext_secret: (!encrypted).then(|| secret.to_hex()),
             },
             compression_level: DEFAULT_COMPRESSION_LEVEL,
@@ -156,7 +230,7 @@ impl Store {
         let json = serde_json::to_vec_pretty(&config).map_err(|e| internal(&e))?;
         put(&objects, &config_path, json.into()).await?;
 
-        let keys = KeyDomain::new(domain, &secret, encrypted, 1);
+        let keys = KeyDomain::new(domain, &secret, encrypted, current_key_id);
         Ok(Self {
             inner: Inner::new(objects, location, config, keys)?,
         })
@@ -176,18 +250,7 @@ impl Store {
         master_key: Option<&MasterKey>,
     ) -> Result<Self> {
         let name = location.to_string();
-        let config_path = layout::config();
-        let bytes = match objects.get(&config_path).await {
-            Ok(result) => result
-                .bytes()
-                .await
-                .map_err(StoreError::backend("read", &config_path))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(StoreError::NotAStore { location: name });
-            }
-            Err(e) => return Err(StoreError::backend("read", &config_path)(e)),
-        };
-        let config = StoreConfig::parse(&bytes, &name)?;
+        let config = crate::raw::read_config(&objects, &location).await?;
         let domain = config.key_domain.id;
 
         let secret = match (&config.key_domain.plaintext_secret, master_key) {
@@ -218,6 +281,16 @@ impl Store {
     /// The store's config.
     pub fn config(&self) -> &StoreConfig {
         &self.inner.config
+    }
+
+    /// The same store seen without keys: its objects as stored bytes.
+    pub fn raw(&self) -> RawStore {
+        RawStore::from_parts(
+            Arc::clone(&self.inner.objects),
+            self.inner.location.clone(),
+            Arc::new(self.inner.config.clone()),
+            self.inner.local_sync.clone(),
+        )
     }
 
     /// The block size of every snapshot in the store.
@@ -335,10 +408,12 @@ impl Store {
         if exists(&self.inner.objects, &path).await? {
             return Ok((id, 0));
         }
-        let sealed = self
-            .inner
-            .keys
-            .seal(ObjectKind::Segment, id.as_bytes(), &plain, false);
+        // The whole segment is the clear part: its block ids are what a keyless copy must
+        // read, and its id (a keyed hash) and the tag authenticate it.
+        let sealed =
+            self.inner
+                .keys
+                .seal_with_clear(ObjectKind::Segment, id.as_bytes(), &plain, &[], false);
         let len = sealed.len() as u64;
         put(&self.inner.objects, &path, sealed.into()).await?;
         Ok((id, len))
@@ -349,30 +424,94 @@ impl Store {
         let sealed = self
             .get("manifest segment", &layout::segment(id), &id.to_hex())
             .await?;
+        self.open_segment(id, &sealed)
+    }
+
+    /// Opens and verifies a sealed segment: its tag or checksum, and that it hashes to its id.
+    pub fn open_segment(&self, id: &ObjectId, sealed: &[u8]) -> Result<Segment> {
         let corrupt = |reason: String| StoreError::Corrupt {
             what: "manifest segment",
             name: id.to_hex(),
             reason,
         };
-        let (plain, _) = self
+        let opened = self
             .inner
             .keys
-            .open(ObjectKind::Segment, id.as_bytes(), &sealed)
+            .open_with_clear(ObjectKind::Segment, id.as_bytes(), sealed)
             .map_err(|e| corrupt(e.to_string()))?;
+        // Segments written before clear parts existed hold the segment as their payload.
+        let plain = if opened.clear.is_empty() {
+            opened.payload
+        } else {
+            opened.clear
+        };
         if self.inner.keys.object_id(ObjectKind::Segment, &plain) != *id {
             return Err(corrupt("its contents do not hash to its id".to_owned()));
         }
         Segment::decode(&plain).map_err(corrupt)
     }
 
+    /// The id of this store's segment that translates `segment` of key domain `domain`,
+    /// as a copy from that domain recorded it; `None` when no copy did.
+    pub(crate) async fn copy_map(
+        &self,
+        domain: &str,
+        segment: &ObjectId,
+    ) -> Result<Option<ObjectId>> {
+        let path = layout::copy_map(domain, segment);
+        let Some(sealed) = self.raw().get(&path).await? else {
+            return Ok(None);
+        };
+        let name = copy_map_name(segment);
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: "copy map",
+            name: path.to_string(),
+            reason,
+        };
+        let (payload, _) = self
+            .inner
+            .keys
+            .open(ObjectKind::Segment, &name, &sealed)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let bytes: [u8; 32] = payload
+            .try_into()
+            .map_err(|_| corrupt("it does not hold one 32-byte id".to_owned()))?;
+        Ok(Some(ObjectId::from_bytes(bytes)))
+    }
+
+    /// Records that this store's segment `ours` translates `segment` of key domain `domain`.
+    pub(crate) async fn put_copy_map(
+        &self,
+        domain: &str,
+        segment: &ObjectId,
+        ours: &ObjectId,
+    ) -> Result<()> {
+        let sealed = self.inner.keys.seal(
+            ObjectKind::Segment,
+            &copy_map_name(segment),
+            ours.as_bytes(),
+            false,
+        );
+        put(
+            &self.inner.objects,
+            &layout::copy_map(domain, segment),
+            sealed.into(),
+        )
+        .await
+    }
+
     /// Writes a commit record: the snapshot exists once this returns.
     pub(crate) async fn put_record(&self, record: &SnapshotRecord) -> Result<()> {
         let json = serde_json::to_vec(record).map_err(|e| internal(&e))?;
         let name = record.id.to_string();
-        let sealed = self
-            .inner
-            .keys
-            .seal(ObjectKind::Snapshot, name.as_bytes(), &json, false);
+        let references = snapshot::record_references(&record.segments);
+        let sealed = self.inner.keys.seal_with_clear(
+            ObjectKind::Snapshot,
+            name.as_bytes(),
+            &references,
+            &json,
+            false,
+        );
         put(
             &self.inner.objects,
             &layout::snapshot(&record.id),
@@ -400,15 +539,24 @@ impl Store {
             name: name.clone(),
             reason,
         };
-        let (json, _) = self
+        let opened = self
             .inner
             .keys
-            .open(ObjectKind::Snapshot, name.as_bytes(), &sealed)
+            .open_with_clear(ObjectKind::Snapshot, name.as_bytes(), &sealed)
             .map_err(|e| corrupt(e.to_string()))?;
         let record: SnapshotRecord =
-            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+            serde_json::from_slice(&opened.payload).map_err(|e| corrupt(e.to_string()))?;
         if record.id != *id {
             return Err(corrupt(format!("it names itself {}", record.id)));
+        }
+        // Records written before clear parts existed have none (an empty clear part cannot
+        // be a valid one: its header alone is 8 bytes); they still open with the key.
+        if !opened.clear.is_empty()
+            && snapshot::decode_references(&opened.clear).map_err(&corrupt)? != record.segments
+        {
+            return Err(corrupt(
+                "the segments in its clear part differ from those it lists".to_owned(),
+            ));
         }
         record.validate()?;
         Ok(record)
@@ -499,6 +647,99 @@ impl Store {
         }
     }
 
+    /// The names of the store's key slots, sorted. An unencrypted store has none.
+    pub async fn key_slots(&self) -> Result<Vec<String>> {
+        let prefix = layout::slots();
+        let metas: Vec<_> = self
+            .inner
+            .objects
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(StoreError::backend("list", &prefix))?;
+        let mut names: Vec<String> = metas
+            .iter()
+            .filter_map(|m| m.location.filename().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Adds a key slot that opens the store with `master`, and returns its name. The store
+    /// must have been opened with an existing key, which is how it holds the secret to wrap.
+    pub async fn add_key_slot(&self, master: &MasterKey) -> Result<String> {
+        if !self.inner.keys.is_encrypted() {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} is not encrypted; it has no key slots",
+                self.inner.location
+            )));
+        }
+        let existing = self.key_slots().await?;
+        let name = (existing.len()..)
+            .map(|n| format!("slot-{n}"))
+            .find(|name| !existing.contains(name))
+            .unwrap_or_else(|| format!("slot-{}", ulid::Ulid::new()));
+        let slot = KeySlot::wrap(
+            master,
+            &self.inner.keys.secret(),
+            self.inner.keys.domain_id(),
+            &name,
+        )
+        .map_err(crypto("cannot wrap the store's key"))?;
+        let json = serde_json::to_vec_pretty(&slot).map_err(|e| internal(&e))?;
+        put(&self.inner.objects, &layout::slot(&name), json.into()).await?;
+        Ok(name)
+    }
+
+    /// Removes a key slot. The last slot is refused: without it nothing opens the store.
+    pub async fn remove_key_slot(&self, name: &str) -> Result<()> {
+        let existing = self.key_slots().await?;
+        if !existing.iter().any(|n| n == name) {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} has no key slot {name}; `blockyard key list` shows its slots",
+                self.inner.location
+            )));
+        }
+        if existing.len() == 1 {
+            return Err(StoreError::InvalidArgument(format!(
+                "{name} is the last key slot of {}; add another key before removing it",
+                self.inner.location
+            )));
+        }
+        let path = layout::slot(name);
+        self.inner
+            .objects
+            .delete(&path)
+            .await
+            .map_err(StoreError::backend("delete", &path))
+    }
+
+    /// Makes a new data key current for blocks sealed from now on and returns its id. Old
+    /// objects keep naming the key that sealed them and still open; nothing is rewritten.
+    /// Processes that opened the store before keep sealing with the old key until they
+    /// open it again, which is harmless: every key of the domain opens everywhere.
+    pub async fn rotate_data_key(&self) -> Result<u32> {
+        if !self.inner.keys.is_encrypted() {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} is not encrypted; it has no data keys to rotate",
+                self.inner.location
+            )));
+        }
+        // Read the config afresh, so a rotation by another process is not undone.
+        let mut config = crate::raw::read_config(&self.inner.objects, &self.inner.location).await?;
+        let next = config
+            .key_domain
+            .current_key_id
+            .checked_add(1)
+            .ok_or_else(|| {
+                StoreError::InvalidArgument("the store has used every data key id".to_owned())
+            })?;
+        config.key_domain.current_key_id = next;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| internal(&e))?;
+        put(&self.inner.objects, &layout::config(), json.into()).await?;
+        Ok(next)
+    }
+
     async fn get(&self, what: &'static str, path: &Path, name: &str) -> Result<Bytes> {
         match self.inner.objects.get(path).await {
             Ok(result) => result
@@ -512,6 +753,12 @@ impl Store {
             Err(e) => Err(StoreError::backend("read", path)(e)),
         }
     }
+}
+
+/// The name a copy map is sealed under: distinct from every segment's, whose name is its
+/// bare 32-byte id.
+fn copy_map_name(segment: &ObjectId) -> Vec<u8> {
+    [b"copy-map ".as_slice(), segment.as_bytes()].concat()
 }
 
 /// Tries every key slot with the master key.

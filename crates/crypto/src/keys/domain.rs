@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::{DOMAIN_SECRET_LEN, DomainId, DomainSecret};
 use crate::CryptoError;
-use crate::envelope::{self, ENVELOPE_HEADER_LEN, Envelope, NONCE_LEN};
+use crate::envelope::{self, Bound, ENVELOPE_HEADER_LEN, Envelope, NONCE_LEN};
 use crate::error::bad_envelope;
 use crate::id::{ObjectId, ObjectKind};
 
@@ -95,6 +95,12 @@ impl KeyDomain {
         self.encrypted
     }
 
+    /// The domain's secret: to wrap in a new key slot, or to give a new store of the same
+    /// domain. Zeroized when dropped.
+    pub fn secret(&self) -> DomainSecret {
+        DomainSecret::from_bytes(&self.secret)
+    }
+
     /// The data key id that new envelopes are sealed with.
     pub fn current_key_id(&self) -> u32 {
         self.current_key_id
@@ -121,17 +127,49 @@ impl KeyDomain {
     ///
     /// If `payload` is longer than 64 GiB, the most AES-GCM-SIV can seal.
     pub fn seal(&self, kind: ObjectKind, name: &[u8], payload: &[u8], compressed: bool) -> Vec<u8> {
+        self.seal_bound(kind, Bound { name, clear: None }, payload, compressed)
+    }
+
+    /// Seals like [`seal`](Self::seal), with a clear part: `clear` is stored readable by
+    /// anyone (see [`Envelope::clear`]) and authenticated with the payload, so that opening
+    /// fails if either was changed.
+    ///
+    /// # Panics
+    ///
+    /// As [`seal`](Self::seal), and if `clear` is 4 GiB or longer.
+    pub fn seal_with_clear(
+        &self,
+        kind: ObjectKind,
+        name: &[u8],
+        clear: &[u8],
+        payload: &[u8],
+        compressed: bool,
+    ) -> Vec<u8> {
+        let bound = Bound {
+            name,
+            clear: Some(clear),
+        };
+        self.seal_bound(kind, bound, payload, compressed)
+    }
+
+    fn seal_bound(
+        &self,
+        kind: ObjectKind,
+        bound: Bound<'_>,
+        payload: &[u8],
+        compressed: bool,
+    ) -> Vec<u8> {
         match &self.current {
             Some(key) => envelope::seal_encrypted(
                 &key.cipher,
                 key.id,
-                key.nonce(kind, name),
+                key.nonce(kind, bound.name),
                 kind,
-                name,
+                bound,
                 payload,
                 compressed,
             ),
-            None => envelope::seal_plain(kind, name, payload, compressed),
+            None => envelope::seal_plain(kind, bound, payload, compressed),
         }
     }
 
@@ -150,6 +188,18 @@ impl KeyDomain {
         name: &[u8],
         envelope: &[u8],
     ) -> Result<(Vec<u8>, bool), CryptoError> {
+        let opened = self.open_with_clear(kind, name, envelope)?;
+        Ok((opened.payload, opened.compressed))
+    }
+
+    /// Opens like [`open`](Self::open) and also returns the envelope's clear part, now
+    /// authenticated (empty when it has none).
+    pub fn open_with_clear(
+        &self,
+        kind: ObjectKind,
+        name: &[u8],
+        envelope: &[u8],
+    ) -> Result<Opened, CryptoError> {
         let parsed = Envelope::parse(envelope)?;
         let header = envelope
             .first_chunk::<ENVELOPE_HEADER_LEN>()
@@ -183,8 +233,23 @@ impl KeyDomain {
                 envelope::open_encrypted(&key.cipher, &parsed, header, name)?
             }
         };
-        Ok((payload, parsed.compressed))
+        Ok(Opened {
+            clear: parsed.clear.to_vec(),
+            payload,
+            compressed: parsed.compressed,
+        })
     }
+}
+
+/// An opened envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The clear part, authenticated; empty when the envelope has none.
+    pub clear: Vec<u8>,
+    /// The payload, decrypted.
+    pub payload: Vec<u8>,
+    /// Whether the caller had compressed the payload.
+    pub compressed: bool,
 }
 
 impl fmt::Debug for KeyDomain {

@@ -33,7 +33,7 @@ use crate::CryptoError;
 use crate::error::{bad_id, bad_slot};
 use crate::hex_text::{self, HexVisitor};
 
-pub use domain::KeyDomain;
+pub use domain::{KeyDomain, Opened};
 pub use slot::{KeySlot, SlotKdf};
 
 /// The length of a [`DomainId`] in bytes.
