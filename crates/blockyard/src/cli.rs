@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// Ship machine images to CI fleets: block-level snapshots in a deduplicating, compressed,
@@ -81,6 +82,11 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Verify the store's structure and, with --read-data, its blocks.
     Check(CheckArgs),
+    /// Copy a snapshot to other stores, moving only the blocks each one lacks.
+    Copy(CopyArgs),
+    /// Manage an encrypted store's master-key slots and data keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,8 +106,131 @@ pub(crate) struct InitArgs {
     #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub(crate) block_size: Option<u64>,
     /// Encrypt the store.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "like")]
     pub(crate) encrypt: bool,
+    /// Join the key domain of this store (a name from the config file or a location): the
+    /// same block ids, block size and encryption, so copies between the two move sealed
+    /// objects as they are and need no key. The new store's own master key comes from
+    /// --key-file, --passphrase-env or --key-command; SOURCE's from the --like-* options.
+    #[arg(long, value_name = "SOURCE", conflicts_with = "block_size")]
+    pub(crate) like: Option<String>,
+    #[command(flatten)]
+    pub(crate) like_key: LikeKeyArgs,
+}
+
+/// The master key of the store named by --like; at most one.
+#[derive(Debug, Args, Clone, Default)]
+#[group(multiple = false)]
+pub(crate) struct LikeKeyArgs {
+    /// Read the --like store's master key from a file.
+    #[arg(long, value_name = "PATH", requires = "like")]
+    pub(crate) like_key_file: Option<PathBuf>,
+    /// Take the --like store's passphrase from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "like")]
+    pub(crate) like_passphrase_env: Option<String>,
+    /// Run this shell command for the --like store's master key.
+    #[arg(long, value_name = "CMD", requires = "like")]
+    pub(crate) like_key_command: Option<String>,
+}
+
+impl LikeKeyArgs {
+    pub(crate) fn to_key_args(&self) -> KeyArgs {
+        KeyArgs {
+            key_file: self.like_key_file.clone(),
+            passphrase_env: self.like_passphrase_env.clone(),
+            key_command: self.like_key_command.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CopyArgs {
+    /// The snapshot.
+    pub(crate) snapshot: String,
+    /// The source store (a name from the config file or a location); default: --store.
+    /// Its master key comes from --key-file, --passphrase-env or --key-command, or from its
+    /// entry in the config file, and is needed only for a copy into another key domain.
+    #[arg(long, value_name = "STORE")]
+    pub(crate) from: Option<String>,
+    /// The destination stores, separated by commas or given more than once. Their master
+    /// keys come from their config file entries or the --to-* options, and are needed only
+    /// for a copy into another key domain.
+    #[arg(long, value_name = "STORE", value_delimiter = ',', required = true)]
+    pub(crate) to: Vec<String>,
+    #[command(flatten)]
+    pub(crate) to_key: ToKeyArgs,
+    /// Blocks read from the source at once, and uploads in flight per destination.
+    #[arg(long, value_name = "N", default_value_t = blockyard_store::DEFAULT_COPY_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
+    pub(crate) concurrency: usize,
+    /// Upload rate limit per destination, in bytes per second: 50M, 1G/s, 800K.
+    #[arg(long, value_name = "RATE", value_parser = crate::units::parse_rate)]
+    pub(crate) bandwidth: Option<u64>,
+}
+
+/// The master key of every --to store that has none in the config file; at most one.
+#[derive(Debug, Args, Clone, Default)]
+#[group(multiple = false)]
+pub(crate) struct ToKeyArgs {
+    /// Read the destinations' master key from a file.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) to_key_file: Option<PathBuf>,
+    /// Take the destinations' passphrase from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) to_passphrase_env: Option<String>,
+    /// Run this shell command for the destinations' master key.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) to_key_command: Option<String>,
+}
+
+impl ToKeyArgs {
+    pub(crate) fn to_key_args(&self) -> KeyArgs {
+        KeyArgs {
+            key_file: self.to_key_file.clone(),
+            passphrase_env: self.to_passphrase_env.clone(),
+            key_command: self.to_key_command.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// List the master-key slots and the current data key.
+    List,
+    /// Add a master-key slot; the store opens with the existing key (--key-file, ...).
+    Add(NewKeyArgs),
+    /// Remove a master-key slot; the last one is refused.
+    Remove {
+        /// The slot, as `key list` prints it.
+        slot: String,
+    },
+    /// Make a new data key current for blocks sealed from now on; nothing is rewritten.
+    Rotate,
+}
+
+/// The master key a new slot opens the store with; exactly one.
+#[derive(Debug, Args, Clone, Default)]
+#[group(required = true, multiple = false)]
+pub(crate) struct NewKeyArgs {
+    /// Read the new master key from a file.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) new_key_file: Option<PathBuf>,
+    /// Take the new passphrase from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) new_passphrase_env: Option<String>,
+    /// Run this shell command for the new master key.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) new_key_command: Option<String>,
+}
+
+impl NewKeyArgs {
+    pub(crate) fn to_key_args(&self) -> KeyArgs {
+        KeyArgs {
+            key_file: self.new_key_file.clone(),
+            passphrase_env: self.new_passphrase_env.clone(),
+            key_command: self.new_key_command.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

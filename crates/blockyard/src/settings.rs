@@ -99,6 +99,14 @@ impl ConfigFile {
         Ok(StoreChoice { location, key })
     }
 
+    /// Resolves a store named on the command line with its own key options: `key` when it
+    /// names a key, else the store's entry in this file.
+    pub(crate) fn choose_with_key(&self, name: &str, key: &KeyArgs) -> Result<StoreChoice> {
+        let (location, entry_key) = self.resolve(name)?;
+        let key = if has_key(key) { key.clone() } else { entry_key };
+        Ok(StoreChoice { location, key })
+    }
+
     /// The S3 options (endpoint, region, ...) of the first store in the config file that
     /// lives in the same bucket as the object URL `url`; none when no store does, and then
     /// the standard AWS_* variables apply.

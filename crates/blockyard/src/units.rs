@@ -24,6 +24,21 @@ pub(crate) fn parse_size(input: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{input:?} is too large"))
 }
 
+/// Parses a rate in bytes per second: a size, optionally followed by /s (50M, 1G/s).
+pub(crate) fn parse_rate(input: &str) -> Result<u64, String> {
+    let text = input.trim();
+    let size = text
+        .strip_suffix("/s")
+        .or_else(|| text.strip_suffix("/S"))
+        .unwrap_or(text);
+    match parse_size(size)? {
+        0 => Err(format!(
+            "a rate of {input:?} would never finish; give one above 0"
+        )),
+        rate => Ok(rate),
+    }
+}
+
 /// Parses a `key=value` tag.
 pub(crate) fn parse_tag(input: &str) -> Result<(String, String), String> {
     match input.split_once('=') {
@@ -75,6 +90,14 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("K").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn rates_are_sizes_per_second_and_never_zero() {
+        assert_eq!(parse_rate("50M"), Ok(50 << 20));
+        assert_eq!(parse_rate("1G/s"), Ok(1 << 30));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
     }
 
     #[test]

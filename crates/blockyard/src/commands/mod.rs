@@ -1,8 +1,10 @@
 //! One module per command group; each turns parsed options into store calls and output.
 
 mod check;
+mod copy;
 mod export;
 mod import;
+mod key;
 mod restore;
 mod snapshot;
 mod store;
@@ -42,6 +44,11 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             check::run(args, &store, out).await
+        }
+        Command::Copy(args) => copy::run(args, &config, &cli.global, out).await,
+        Command::Key(command) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            key::run(command, &store, out).await
         }
     }
 }

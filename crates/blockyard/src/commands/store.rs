@@ -1,7 +1,7 @@
 //! `blockyard store init|info`.
 
-use anyhow::{Result, bail};
-use blockyard_store::{InitOptions, Store};
+use anyhow::{Context, Result, bail};
+use blockyard_store::{InitOptions, Location, Store};
 use serde_json::json;
 
 use crate::cli::{Global, StoreCommand};
@@ -19,6 +19,16 @@ pub(crate) async fn run(
         StoreCommand::Init(args) => {
             let choice = config.choose(global, args.location.as_deref())?;
             let key = master_key(&choice.key)?;
+            if let Some(like) = &args.like {
+                let source = config.choose_with_key(like, &args.like_key.to_key_args())?;
+                // Joining an encrypted domain needs the source's secret, hence its key;
+                // an unencrypted source opens without one.
+                let like_store = super::open(&source).await.with_context(|| {
+                    format!("cannot open {like}, whose key domain the new store would join")
+                })?;
+                let store = Store::init_like(&choice.location, &like_store, key).await?;
+                return report_init(&store, &choice.location, Some(&source.location), out);
+            }
             if args.encrypt && key.is_none() {
                 bail!(
                     "--encrypt needs a master key: give --key-file, --passphrase-env or \
@@ -33,27 +43,7 @@ pub(crate) async fn run(
                 master_key: key,
             };
             let store = Store::init(&choice.location, options).await?;
-            let config = store.config();
-            out.emit(
-                &json!({
-                    "store": choice.location.to_string(),
-                    "block_size": config.block_size,
-                    "encrypted": config.key_domain.encrypted,
-                    "key_domain": config.key_domain.id.to_string(),
-                }),
-                || {
-                    format!(
-                        "created {} store at {} with {} blocks",
-                        if config.key_domain.encrypted {
-                            "an encrypted"
-                        } else {
-                            "an unencrypted"
-                        },
-                        choice.location,
-                        bytes(config.block_size)
-                    )
-                },
-            )?;
+            report_init(&store, &choice.location, None, out)?;
         }
         StoreCommand::Info => {
             let choice = config.choose(global, None)?;
@@ -89,5 +79,39 @@ pub(crate) async fn run(
             )?;
         }
     }
+    Ok(())
+}
+
+/// Prints what `store init` created; `like` is the store whose key domain it joined.
+fn report_init(
+    store: &Store,
+    location: &Location,
+    like: Option<&Location>,
+    out: Output,
+) -> Result<()> {
+    let config = store.config();
+    let kind = if config.key_domain.encrypted {
+        "an encrypted"
+    } else {
+        "an unencrypted"
+    };
+    out.emit(
+        &json!({
+            "store": location.to_string(),
+            "block_size": config.block_size,
+            "encrypted": config.key_domain.encrypted,
+            "key_domain": config.key_domain.id.to_string(),
+            "like": like.map(ToString::to_string),
+        }),
+        || {
+            let joined = like
+                .map(|like| format!(", in the key domain of {like}"))
+                .unwrap_or_default();
+            format!(
+                "created {kind} store at {location} with {} blocks{joined}",
+                bytes(config.block_size)
+            )
+        },
+    )?;
     Ok(())
 }

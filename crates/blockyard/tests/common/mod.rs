@@ -33,6 +33,11 @@ impl Fixture {
 
     /// `blockyard --store <store> ARGS`, with no config file or environment leaking in.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_at(&self.store(), args)
+    }
+
+    /// `blockyard --store <store> ARGS` for another store than the fixture's own.
+    pub fn command_at(&self, store: &Path, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_blockyard"));
         command
             .current_dir(self.dir.path())
@@ -42,7 +47,7 @@ impl Fixture {
             .env("XDG_DATA_HOME", self.path("xdg-data"))
             .env("HOME", self.path("home"))
             .arg("--store")
-            .arg(self.store())
+            .arg(store)
             .args(args);
         command
     }
@@ -54,7 +59,12 @@ impl Fixture {
 
     /// Runs the binary, asserts success and returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
+        self.ok_at(&self.store(), args)
+    }
+
+    /// Runs the binary on `store`, asserts success and returns stdout.
+    pub fn ok_at(&self, store: &Path, args: &[&str]) -> String {
+        let output = self.command_at(store, args).output().expect("run blockyard");
         assert!(
             output.status.success(),
             "blockyard {args:?} failed: {}",
