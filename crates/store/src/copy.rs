@@ -945,30 +945,30 @@ fn unbounded_receiver_stream<T: Send + 'static>(
     stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
-/// Paces uploads to a byte rate: each upload waits for its share of the timeline.
+/// Paces uploads to a byte rate: each upload waits for its share of the timeline, so the
+/// uploads started in any window of time add up to at most the rate (plus one upload).
 struct Throttle {
     bytes_per_second: u64,
-    next: tokio::sync::Mutex<Instant>,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Throttle {
     fn new(bytes_per_second: u64) -> Self {
         Self {
             bytes_per_second: bytes_per_second.max(1),
-            next: tokio::sync::Mutex::new(Instant::now()),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }
 
     async fn wait(&self, bytes: u64) {
         let start = {
             let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let start = (*next).max(now);
+            let start = (*next).max(tokio::time::Instant::now());
             let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
             *next = start + cost;
             start
         };
-        tokio::time::sleep_until(start.into()).await;
+        tokio::time::sleep_until(start).await;
     }
 }
 
@@ -988,4 +988,34 @@ fn error_text(error: &StoreError) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_throttle_spaces_uploads_by_their_size_over_the_rate() {
+        let throttle = Throttle::new(1000);
+        let start = tokio::time::Instant::now();
+
+        // Five uploads of 500 bytes at 1000 bytes a second: the fifth may start after 2 s.
+        for _ in 0..5 {
+            throttle.wait(500).await;
+        }
+
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_throttle_does_not_bank_time_for_a_burst() {
+        let throttle = Throttle::new(1000);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let start = tokio::time::Instant::now();
+
+        throttle.wait(1000).await;
+        throttle.wait(1000).await;
+
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
 }
