@@ -108,19 +108,18 @@ record_copy() {
 # --- Sources, made once and not timed -----------------------------------------------------
 
 source_store=$run/source
-by() {
-    "$blockyard" --quiet "$@"
-}
+# measure runs commands under GNU time, which cannot run a shell function: an array.
+by=("$blockyard" --quiet)
 note "snapshotting both nights into the source store"
-by --store "$source_store" --key-file "$key" store init --encrypt >/dev/null
-id1=$(by --store "$source_store" --key-file "$key" --json snapshot create "$night1" \
+"${by[@]}" --store "$source_store" --key-file "$key" store init --encrypt >/dev/null
+id1=$("${by[@]}" --store "$source_store" --key-file "$key" --json snapshot create "$night1" \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["snapshot"])')
-id2=$(by --store "$source_store" --key-file "$key" --json snapshot create "$night2" \
+id2=$("${by[@]}" --store "$source_store" --key-file "$key" --json snapshot create "$night2" \
     --parent "$id1" | python3 -c 'import json, sys; print(json.load(sys.stdin)["snapshot"])')
 note "importing night 2 from qcow2 with no parent"
 qemu-img convert -q -f raw -O qcow2 "$night2" "$run/night2.qcow2"
-id2_orphan=$(by --store "$source_store" --key-file "$key" --json import "$run/night2.qcow2" \
-    --name night2 | python3 -c 'import json, sys; print(json.load(sys.stdin)["snapshots"][0]["snapshot"])')
+id2_orphan=$("${by[@]}" --store "$source_store" --key-file "$key" --json \
+    import "$run/night2.qcow2" --name night2 | python3 -c 'import json, sys; print(json.load(sys.stdin)["snapshots"][0]["snapshot"])')
 rm -f "$run/night2.qcow2"
 
 note "backing both nights up with restic"
@@ -136,7 +135,7 @@ restic -r "$run/restic-a" backup --quiet --host bench --tag night2 "$restic_sour
 
 # like DEST: a store in the source's key domain.
 like() {
-    by --store "$1" --key-file "$dest_key" store init --like "$source_store" \
+    "${by[@]}" --store "$1" --key-file "$dest_key" store init --like "$source_store" \
         --like-key-file "$key" >/dev/null
 }
 
@@ -147,16 +146,18 @@ for ((n = 1; n <= repeat; n++)); do
     dest=$run/dest-$n
     like "$dest"
     warm "$night1"
-    measure "lineage/night1/$n" by --json --store "$source_store" copy "$id1" --to "$dest"
+    measure "lineage/night1/$n" "${by[@]}" --json --store "$source_store" copy "$id1" \
+        --to "$dest"
     record_copy "lineage/night1/$n"
-    measure "lineage/night2/$n" by --json --store "$source_store" copy "$id2" --to "$dest"
+    measure "lineage/night2/$n" "${by[@]}" --json --store "$source_store" copy "$id2" \
+        --to "$dest"
     record_copy "lineage/night2/$n"
 
     # No parent: night 2 imported from qcow2 into a store that holds only night 1.
     orphan=$run/orphan-$n
     like "$orphan"
-    by --store "$source_store" copy "$id1" --to "$orphan" >/dev/null
-    measure "orphan/night2/$n" by --json --store "$source_store" copy "$id2_orphan" \
+    "${by[@]}" --store "$source_store" copy "$id1" --to "$orphan" >/dev/null
+    measure "orphan/night2/$n" "${by[@]}" --json --store "$source_store" copy "$id2_orphan" \
         --to "$orphan"
     record_copy "orphan/night2/$n"
 
@@ -166,18 +167,18 @@ for ((n = 1; n <= repeat; n++)); do
         like "$run/fan-$region-$n"
         fan+=("$run/fan-$region-$n")
     done
-    measure "fanout/night1/$n" by --json --store "$source_store" copy "$id1" \
+    measure "fanout/night1/$n" "${by[@]}" --json --store "$source_store" copy "$id1" \
         --to "$(IFS=,; echo "${fan[*]}")"
     record_copy "fanout/night1/$n"
 
     # Reseal: another key domain; the process needs both keys.
     vault=$run/vault-$n
-    by --store "$vault" --key-file "$dest_key" store init --encrypt >/dev/null
-    measure "reseal/night1/$n" by --json --store "$source_store" --key-file "$key" copy "$id1" \
-        --to "$vault" --to-key-file "$dest_key"
+    "${by[@]}" --store "$vault" --key-file "$dest_key" store init --encrypt >/dev/null
+    measure "reseal/night1/$n" "${by[@]}" --json --store "$source_store" --key-file "$key" \
+        copy "$id1" --to "$vault" --to-key-file "$dest_key"
     record_copy "reseal/night1/$n"
-    measure "reseal/night2/$n" by --json --store "$source_store" --key-file "$key" copy "$id2" \
-        --to "$vault" --to-key-file "$dest_key"
+    measure "reseal/night2/$n" "${by[@]}" --json --store "$source_store" --key-file "$key" \
+        copy "$id2" --to "$vault" --to-key-file "$dest_key"
     record_copy "reseal/night2/$n"
 
     # restic copy into a second repository with the same chunker parameters.
@@ -203,9 +204,11 @@ for ((n = 1; n <= repeat; n++)); do
     if [[ $garage -eq 1 ]]; then
         s3=s3://${BLOCKYARD_TEST_S3_BUCKET:-blockyard-test}/bench-copy-$n-$RANDOM
         like "$s3"
-        measure "garage/night1/$n" by --json --store "$source_store" copy "$id1" --to "$s3"
+        measure "garage/night1/$n" "${by[@]}" --json --store "$source_store" copy "$id1" \
+            --to "$s3"
         record_copy "garage/night1/$n"
-        measure "garage/night2/$n" by --json --store "$source_store" copy "$id2" --to "$s3"
+        measure "garage/night2/$n" "${by[@]}" --json --store "$source_store" copy "$id2" \
+            --to "$s3"
         record_copy "garage/night2/$n"
     fi
     rm -rf "$dest" "$orphan" "${fan[@]}" "$vault" "$repo"

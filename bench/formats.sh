@@ -90,6 +90,9 @@ qemu-img convert -q -f raw -O qcow2 -B "$run/in/big-night1.img" -F raw \
 declare -A FORMAT_OF=([qcow2]=qcow2 [vmdk]=vmdk [vhd]=vpc)
 declare -A READ COMPARED
 
+# measure runs commands under GNU time, which cannot run a shell function: an array.
+by_cmd=("$blockyard" --quiet --key-file "$key" --store)
+
 by() {
     "$blockyard" --quiet --key-file "$key" --store "$1" "${@:2}"
 }
@@ -108,7 +111,7 @@ for ((n = 1; n <= repeat; n++)); do
         [[ $input == raw ]] && file=$night1
         new_store "$run/import-$input"
         warm "$file"
-        measure "import/$input/$n" by "$run/import-$input" --json import "$file" --name night1
+        measure "import/$input/$n" "${by_cmd[@]}" "$run/import-$input" --json import "$file" --name night1
         if [[ $input != raw ]]; then
             warm "$file"
             measure "qemu-raw/$input/$n" qemu-img convert -f "${FORMAT_OF[$input]}" -O raw \
@@ -132,7 +135,7 @@ for ((n = 1; n <= repeat; n++)); do
             vmdk-stream) options=(--subformat streamOptimized); qemu_options=(-o subformat=streamOptimized) ;;
         esac
         warm "$night2"
-        measure "export/$case/$n" by "$store" export "$id2" "$run/out.$format" \
+        measure "export/$case/$n" "${by_cmd[@]}" "$store" export "$id2" "$run/out.$format" \
             --format "$format" "${options[@]}" --force
         sync
         COMPARED[$case]='**no**'
@@ -158,11 +161,11 @@ for ((n = 1; n <= repeat; n++)); do
         new_store "$store"
         id1=$(by "$store" --json snapshot create "$base" | json_field /dev/stdin snapshot)
         warm "$run/in/${prefix}overlay.qcow2"
-        measure "overlay/$pair/$n" by "$store" --json snapshot create \
+        measure "overlay/$pair/$n" "${by_cmd[@]}" "$store" --json snapshot create \
             "$run/in/${prefix}overlay.qcow2" --parent "$id1"
         READ[overlay/$pair]=$(json_field "$BENCH_LOGS/overlay-$pair-$n.out" bytes_read)
         warm_data "$full"
-        measure "full/$pair/$n" by "$store" --json snapshot create "$full" --parent "$id1"
+        measure "full/$pair/$n" "${by_cmd[@]}" "$store" --json snapshot create "$full" --parent "$id1"
         READ[full/$pair]=$(json_field "$BENCH_LOGS/full-$pair-$n.out" bytes_read)
     done
 done
