@@ -119,7 +119,8 @@ id2=$("${by[@]}" --store "$source_store" --key-file "$key" --json snapshot creat
 note "importing night 2 from qcow2 with no parent"
 qemu-img convert -q -f raw -O qcow2 "$night2" "$run/night2.qcow2"
 id2_orphan=$("${by[@]}" --store "$source_store" --key-file "$key" --json \
-    import "$run/night2.qcow2" --name night2 | python3 -c 'import json, sys; print(json.load(sys.stdin)["snapshots"][0]["snapshot"])')
+    import "$run/night2.qcow2" --name night2 \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["snapshots"][0]["snapshot"])')
 rm -f "$run/night2.qcow2"
 
 note "backing both nights up with restic"

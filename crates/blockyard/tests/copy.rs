@@ -272,7 +272,10 @@ fn a_copy_run_again_after_an_interruption_moves_only_what_had_not_landed() {
     for block in &blocks[..lost] {
         std::fs::remove_file(block).expect("remove a block");
     }
-    let shown = fx.command_at(&dest, &["snapshot", "show", &id]).output().expect("run");
+    let shown = fx
+        .command_at(&dest, &["snapshot", "show", &id])
+        .output()
+        .expect("run");
     assert!(!shown.status.success(), "the record was removed");
 
     let resumed = fx.json(&["copy", &id, "--to", path_str(&dest)]);
@@ -394,4 +397,86 @@ fn block_files(store: &Path) -> Vec<PathBuf> {
 fn sealing_key(block: &Path) -> u32 {
     let bytes = std::fs::read(block).expect("block");
     u32::from_le_bytes(bytes[8..12].try_into().expect("a 24-byte header"))
+}
+
+/// Writes `./blockyard.toml` in the fixture's folder (where the binary runs) naming
+/// `stores`, each a name, a path and the backend options to give it.
+fn config_file(fx: &Fixture, stores: &[(&str, &Path, &str)]) {
+    let mut text = String::new();
+    for (name, path, options) in stores {
+        text.push_str(&format!(
+            "[stores.{name}]\nurl = \"{}\"\noptions = {{ {options} }}\n\n",
+            path.display()
+        ));
+    }
+    std::fs::write(fx.path("blockyard.toml"), text).expect("config file");
+}
+
+#[test]
+fn a_flaky_destination_is_retried_until_the_copy_lands() {
+    let fx = Fixture::new();
+    fx.init();
+    let flaky = fx.path("flaky");
+    fx.ok(&[
+        "store",
+        "init",
+        path_str(&flaky),
+        "--like",
+        path_str(&fx.store()),
+    ]);
+    config_file(
+        &fx,
+        &[(
+            "flaky",
+            &flaky,
+            r#"inject_error_rate = "0.2", inject_seed = "7""#,
+        )],
+    );
+    let night1 = fx.ext4_image("night1.img", 32, 8);
+    let id = fx.snapshot_id(&night1);
+
+    let copied = fx.json(&["copy", &id, "--to", "flaky"]);
+
+    let report = only_destination(&copied);
+    assert!(report["error"].is_null(), "{copied}");
+    assert_restores_to(&fx, &flaky, None, &id, &night1);
+}
+
+#[test]
+fn a_destination_that_stays_down_fails_alone_and_holds_no_half_snapshot() {
+    let fx = Fixture::new();
+    fx.init();
+    let (down, up) = (fx.path("down"), fx.path("up"));
+    for store in [&down, &up] {
+        fx.ok(&[
+            "store",
+            "init",
+            path_str(store),
+            "--like",
+            path_str(&fx.store()),
+        ]);
+    }
+    config_file(&fx, &[("down", &down, r#"inject_down = "true""#)]);
+    let night1 = fx.ext4_image("night1.img", 32, 12);
+    let id = fx.snapshot_id(&night1);
+
+    let output = fx.run(&[
+        "--json",
+        "copy",
+        &id,
+        "--to",
+        &format!("down,{}", path_str(&up)),
+    ]);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("1 of 2") && stderr.contains("down"),
+        "{stderr}"
+    );
+    assert_restores_to(&fx, &up, None, &id, &night1);
+    assert!(
+        !down.join("snapshots").join(&id).exists(),
+        "the store that was down must hold no commit record"
+    );
 }

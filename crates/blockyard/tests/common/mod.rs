@@ -64,7 +64,10 @@ impl Fixture {
 
     /// Runs the binary on `store`, asserts success and returns stdout.
     pub fn ok_at(&self, store: &Path, args: &[&str]) -> String {
-        let output = self.command_at(store, args).output().expect("run blockyard");
+        let output = self
+            .command_at(store, args)
+            .output()
+            .expect("run blockyard");
         assert!(
             output.status.success(),
             "blockyard {args:?} failed: {}",
