@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs blockyard's tests. The integration tests make disk images with the real tools
-# (mkfs.ext4, debugfs, qemu-img), so those are installed first when missing.
+# (mkfs.ext4, debugfs, qemu-img), so those are installed first when missing. The S3 tests
+# run against a Garage server started here for the length of the run; they are required,
+# so that a machine without Garage fails them instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,10 +10,29 @@ need=()
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v debugfs >/dev/null || need+=(e2fsprogs)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+if ! command -v garage >/dev/null && [ ! -x "$HOME/.cargo/bin/garage" ]; then
+  echo "test.sh: installing Garage for the S3 tests; this takes ~20 minutes, once per machine"
+  cargo install garage --locked --version 2.5.0
+fi
+
+# A server already running in target/garage (started by hand, or for the benches) is used
+# and left running. Otherwise one is started on empty folders and stopped at the end; its
+# log and data stay until the next run, for a look after a failure.
+garage_dir=target/garage
+if ! bash scripts/garage.sh status "$garage_dir"; then
+  rm -rf "$garage_dir"
+  trap 'bash scripts/garage.sh stop "$garage_dir" >/dev/null' EXIT
+fi
+bash scripts/garage.sh start "$garage_dir"
+# shellcheck source=/dev/null
+source "$garage_dir/env"
+export BLOCKYARD_REQUIRE_S3=1
 
 cargo test --workspace --locked "$@"
