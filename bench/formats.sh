@@ -208,6 +208,7 @@ for ((n = 1; n <= repeat; n++)); do
             base=$run/in/big-night1.img
             full=$run/in/big-night2.img
         fi
+        # Each in a store of its own holding only night 1, so both store the same new blocks.
         store=$run/overlay-$pair
         new_store "$store"
         id1=$(by "$store" --json snapshot create "$base" | json_field /dev/stdin snapshot)
@@ -215,8 +216,12 @@ for ((n = 1; n <= repeat; n++)); do
         measure "overlay/$pair/$n" "${by_cmd[@]}" "$store" --json snapshot create \
             "$run/in/${prefix}overlay.qcow2" --parent "$id1"
         READ[overlay/$pair]=$(json_field "$BENCH_LOGS/overlay-$pair-$n.out" bytes_read)
+        store=$run/full-$pair
+        new_store "$store"
+        id1=$(by "$store" --json snapshot create "$base" | json_field /dev/stdin snapshot)
         warm_data "$full"
-        measure "full/$pair/$n" "${by_cmd[@]}" "$store" --json snapshot create "$full" --parent "$id1"
+        measure "full/$pair/$n" "${by_cmd[@]}" "$store" --json snapshot create "$full" \
+            --parent "$id1"
         READ[full/$pair]=$(json_field "$BENCH_LOGS/full-$pair-$n.out" bytes_read)
     done
 done
