@@ -37,6 +37,7 @@ mod disk;
 mod durability;
 mod error;
 mod export;
+mod faults;
 mod ingest;
 pub mod layout;
 mod location;
@@ -45,6 +46,7 @@ mod object_source;
 mod progress;
 mod raw;
 mod reader;
+mod resilient;
 mod restore;
 mod segment;
 mod snapshot;
@@ -62,6 +64,7 @@ pub use copy::{
 pub use disk::SnapshotDisk;
 pub use error::{Result, StoreError};
 pub use export::{ExportSummary, export};
+pub use faults::{FaultInjector, FaultPlan};
 pub use ingest::{CreateOptions, DEFAULT_CONCURRENCY, create_snapshot};
 pub use location::Location;
 pub use object_sink::ObjectUpload;
@@ -69,6 +72,10 @@ pub use object_source::{ObjectResolver, ObjectSource, open_object, open_object_u
 pub use progress::{NoProgress, Progress};
 pub use raw::{RawStore, record_segments, segment_of};
 pub use reader::{ChangedBlock, SnapshotReader, diff};
+pub use resilient::{
+    AttemptCounts, RETRY_BASE_DELAY, RETRY_MAX_ATTEMPTS, RETRY_MAX_DELAY, RETRY_MAX_ELAPSED,
+    RequestCounts, ResilientStore, RetryPolicy,
+};
 pub use restore::{RestoreOptions, RestoreSummary, restore};
 pub use segment::Segment;
 pub use snapshot::{BlockCounts, SnapshotId, SnapshotRecord, WriteStats, record_references};

@@ -22,6 +22,7 @@ use object_store::{ObjectStore, PutPayload};
 use crate::config::StoreConfig;
 use crate::durability::LocalSync;
 use crate::error::{Result, StoreError};
+use crate::resilient::{RequestCounters, RequestCounts, resilient};
 use crate::segment::Segment;
 use crate::snapshot::{SnapshotId, decode_references};
 use crate::{Location, layout};
@@ -30,6 +31,8 @@ use crate::{Location, layout};
 #[derive(Debug, Clone)]
 pub struct RawStore {
     objects: Arc<dyn ObjectStore>,
+    /// The counters of the `ResilientStore` that `objects` is.
+    requests: Arc<RequestCounters>,
     location: Location,
     config: Arc<StoreConfig>,
     local_sync: Option<Arc<LocalSync>>,
@@ -38,12 +41,13 @@ pub struct RawStore {
 impl RawStore {
     /// Opens the store at `location` without any key.
     pub async fn open(location: &Location) -> Result<Self> {
-        let objects = location.connect(false)?;
+        let objects = location.connect_backend(false)?;
         Self::open_on(objects, location.clone()).await
     }
 
     /// Opens a store on an object store the caller built.
     pub async fn open_on(objects: Arc<dyn ObjectStore>, location: Location) -> Result<Self> {
+        let (objects, requests) = resilient(objects);
         let config = read_config(&objects, &location).await?;
         let local_sync = match location.local_path() {
             Some(path) => Some(Arc::new(LocalSync::open(path).map_err(|source| {
@@ -57,6 +61,7 @@ impl RawStore {
         };
         Ok(Self::from_parts(
             objects,
+            requests,
             location,
             Arc::new(config),
             local_sync,
@@ -66,12 +71,14 @@ impl RawStore {
     /// A raw view of handles an open store already holds.
     pub(crate) fn from_parts(
         objects: Arc<dyn ObjectStore>,
+        requests: Arc<RequestCounters>,
         location: Location,
         config: Arc<StoreConfig>,
         local_sync: Option<Arc<LocalSync>>,
     ) -> Self {
         Self {
             objects,
+            requests,
             location,
             config,
             local_sync,
@@ -86,6 +93,11 @@ impl RawStore {
     /// The store's config.
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// The requests made of the backend through these handles so far, retries included.
+    pub fn requests(&self) -> RequestCounts {
+        self.requests.snapshot()
     }
 
     /// The sealed commit record of a snapshot.

@@ -21,6 +21,7 @@ use crate::durability::LocalSync;
 use crate::error::{Result, StoreError};
 use crate::layout;
 use crate::raw::RawStore;
+use crate::resilient::{RequestCounters, RequestCounts, resilient};
 use crate::segment::Segment;
 use crate::snapshot::{self, SnapshotId, SnapshotRecord};
 
@@ -62,6 +63,8 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     objects: Arc<dyn ObjectStore>,
+    /// The counters of the `ResilientStore` that `objects` is.
+    requests: Arc<RequestCounters>,
     location: Location,
     config: StoreConfig,
     keys: KeyDomain,
@@ -72,6 +75,7 @@ struct Inner {
 impl Inner {
     fn new(
         objects: Arc<dyn ObjectStore>,
+        requests: Arc<RequestCounters>,
         location: Location,
         config: StoreConfig,
         keys: KeyDomain,
@@ -88,6 +92,7 @@ impl Inner {
         };
         Ok(Arc::new(Self {
             objects,
+            requests,
             location,
             config,
             keys,
@@ -101,7 +106,7 @@ impl Store {
     pub async fn init(location: &Location, options: InitOptions) -> Result<Self> {
         let block_size = options.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
         validate_block_size(block_size)?;
-        let objects = location.connect(true)?;
+        let objects = location.connect_backend(true)?;
         Self::init_on(objects, location.clone(), block_size, options.master_key).await
     }
 
@@ -132,7 +137,7 @@ impl Store {
         like: &Store,
         master_key: Option<MasterKey>,
     ) -> Result<Self> {
-        let objects = location.connect(true)?;
+        let objects = location.connect_backend(true)?;
         Self::init_like_on(objects, location.clone(), like, master_key).await
     }
 
@@ -176,6 +181,7 @@ impl Store {
         domain: NewDomain,
         master_key: Option<MasterKey>,
     ) -> Result<Self> {
+        let (objects, requests) = resilient(objects);
         let config_path = layout::config();
         match objects.head(&config_path).await {
             Ok(_) => {
@@ -232,14 +238,14 @@ impl Store {
 
         let keys = KeyDomain::new(domain, &secret, encrypted, current_key_id);
         Ok(Self {
-            inner: Inner::new(objects, location, config, keys)?,
+            inner: Inner::new(objects, requests, location, config, keys)?,
         })
     }
 
     /// Opens the store at `location`. An encrypted store needs its master key; a wrong key is
     /// refused here, before anything is written.
     pub async fn open(location: &Location, master_key: Option<&MasterKey>) -> Result<Self> {
-        let objects = location.connect(false)?;
+        let objects = location.connect_backend(false)?;
         Self::open_on(objects, location.clone(), master_key).await
     }
 
@@ -249,6 +255,7 @@ impl Store {
         location: Location,
         master_key: Option<&MasterKey>,
     ) -> Result<Self> {
+        let (objects, requests) = resilient(objects);
         let name = location.to_string();
         let config = crate::raw::read_config(&objects, &location).await?;
         let domain = config.key_domain.id;
@@ -269,7 +276,7 @@ impl Store {
             config.key_domain.current_key_id,
         );
         Ok(Self {
-            inner: Inner::new(objects, location, config, keys)?,
+            inner: Inner::new(objects, requests, location, config, keys)?,
         })
     }
 
@@ -287,10 +294,17 @@ impl Store {
     pub fn raw(&self) -> RawStore {
         RawStore::from_parts(
             Arc::clone(&self.inner.objects),
+            Arc::clone(&self.inner.requests),
             self.inner.location.clone(),
             Arc::new(self.inner.config.clone()),
             self.inner.local_sync.clone(),
         )
+    }
+
+    /// The requests this store, its clones and its [`raw`](Self::raw) views have made of
+    /// the backend so far, retries included.
+    pub fn requests(&self) -> RequestCounts {
+        self.inner.requests.snapshot()
     }
 
     /// The block size of every snapshot in the store.
