@@ -63,8 +63,13 @@ fn a_snapshot_copies_to_an_s3_store_and_restores_from_it() {
     let again = fx.json(&["copy", &id, "--to", &remote]);
 
     assert!(copied["destinations"][0]["error"].is_null(), "{copied}");
-    assert!(
-        copied["destinations"][0]["blocks_copied"].as_u64() > Some(0),
+    let report = &copied["destinations"][0];
+    let count = |field: &str| report.pointer(field).and_then(Value::as_u64).unwrap_or(0);
+    assert!(count("/blocks_copied") > 0, "{copied}");
+    // One PUT per moved block, plus the segments and the commit record; nothing else.
+    assert_eq!(
+        count("/requests/put"),
+        count("/blocks_copied") + count("/segments_copied") + 1,
         "{copied}"
     );
     assert_eq!(again["destinations"][0]["already_present"], true, "{again}");

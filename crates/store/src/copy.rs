@@ -44,6 +44,7 @@ use tracing::debug;
 
 use crate::error::{Result, StoreError};
 use crate::raw::{RawStore, record_segments, segment_of};
+use crate::resilient::{AttemptCounts, RequestCounts};
 use crate::segment::Segment;
 use crate::snapshot::{SnapshotId, SnapshotRecord};
 use crate::store::Store;
@@ -167,8 +168,48 @@ pub struct DestinationReport {
     pub bytes_moved: u64,
     /// Wall time from the start of the copy to this destination's end, in seconds.
     pub seconds: f64,
+    /// Requests this copy made of the destination, by kind, retries included.
+    pub requests: RequestTotals,
     /// Why this destination failed; `None` when it holds the snapshot now.
     pub error: Option<String>,
+}
+
+/// Requests made of one store, as attempts of each kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RequestTotals {
+    /// Object reads.
+    pub get: u64,
+    /// Existence checks.
+    pub head: u64,
+    /// Object writes.
+    pub put: u64,
+    /// Listings.
+    pub list: u64,
+    /// Deletions.
+    pub delete: u64,
+    /// Anything else.
+    pub other: u64,
+    /// Attempts that repeated a request after a transient failure (counted above too).
+    pub retries: u64,
+    /// Every attempt.
+    pub total: u64,
+}
+
+impl RequestTotals {
+    /// The requests counted between `before` and `after` of one store.
+    pub fn between(before: &RequestCounts, after: &RequestCounts) -> Self {
+        let kind = |a: AttemptCounts, b: AttemptCounts| b.total().saturating_sub(a.total());
+        Self {
+            get: kind(before.get, after.get),
+            head: kind(before.head, after.head),
+            put: kind(before.put, after.put),
+            list: kind(before.list, after.list),
+            delete: kind(before.delete, after.delete),
+            other: kind(before.other, after.other),
+            retries: after.retries.saturating_sub(before.retries),
+            total: after.total().saturating_sub(before.total()),
+        }
+    }
 }
 
 /// Receives progress from a copy. Called from async tasks; must be cheap.
@@ -203,6 +244,7 @@ pub async fn copy_snapshot(
 ) -> Result<Vec<DestinationReport>> {
     let started = Instant::now();
     let concurrency = options.concurrency.max(1);
+    let before: Vec<RequestCounts> = destinations.iter().map(|d| d.raw.requests()).collect();
     let envelope = source.raw.record_envelope(id).await?;
     let record = match &source.store {
         Some(store) => Some(store.snapshot(id).await?),
@@ -250,6 +292,7 @@ pub async fn copy_snapshot(
             blocks_copied: 0,
             bytes_moved: 0,
             seconds: 0.0,
+            requests: RequestTotals::default(),
             error: None,
         };
         match plan {
@@ -332,6 +375,9 @@ pub async fn copy_snapshot(
         }
         report.seconds = started.elapsed().as_secs_f64();
         progress.finished(index, report.error.as_deref());
+    }
+    for ((report, destination), before) in reports.iter_mut().zip(destinations).zip(&before) {
+        report.requests = RequestTotals::between(before, &destination.raw.requests());
     }
     if let Some(error) = read_error {
         debug!(%error, "copy stopped: the source failed");

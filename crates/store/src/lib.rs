@@ -59,7 +59,7 @@ pub use config::{
 };
 pub use copy::{
     CopyMode, CopyOptions, CopyProgress, DEFAULT_COPY_CONCURRENCY, DestinationReport, Endpoint,
-    copy_snapshot,
+    RequestTotals, copy_snapshot,
 };
 pub use disk::SnapshotDisk;
 pub use error::{Result, StoreError};

@@ -185,7 +185,8 @@ fn same_location(a: &Location, b: &Location) -> bool {
             (Ok(a), Ok(b)) => a == b,
             _ => a == b,
         },
-        _ => a.to_string() == b.to_string() && !matches!(a, Location::Memory),
+        // Every memory:// location is a store of its own, faults or not.
+        _ => a.to_string() == b.to_string() && a.to_string() != Location::Memory.to_string(),
     }
 }
 
@@ -202,11 +203,13 @@ fn describe(outcome: &Outcome) -> String {
                     CopyMode::Reseal => "resealed",
                 };
                 format!(
-                    "{} blocks copied ({mode}), {} already present, {} moved in {:.2} s",
+                    "{} blocks copied ({mode}), {} already present, {} moved in {:.2} s, \
+                     {} requests",
                     report.blocks_copied,
                     report.blocks_present,
                     bytes(report.bytes_moved),
-                    report.seconds
+                    report.seconds,
+                    report.requests.total
                 )
             };
             match &report.error {
