@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs every image-format fuzz target briefly: seeds and saved regressions first, then
-# fresh mutations for SECONDS each (default 20). CI runs this after the tests, so that a
-# parser change that panics on known-hostile input, or on what a short run finds, fails
-# the build. Long runs are done by hand (see fuzz/README.md).
+# Runs every image-format fuzz target, and the commit-record one, briefly: seeds and saved
+# regressions first, then fresh mutations for SECONDS each (default 20). CI runs this after
+# the tests, so that a parser change that panics on known-hostile input, or on what a short
+# run finds, fails the build. Long runs are done by hand (see fuzz/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
@@ -12,7 +12,7 @@ if ! command -v cargo-fuzz >/dev/null; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-targets=(qcow2_open vmdk_open vhd_open vhdx_open ova_open raw_blocks)
+targets=(qcow2_open vmdk_open vhd_open vhdx_open ova_open raw_blocks record_parse)
 cargo fuzz build
 for target in "${targets[@]}"; do
   corpus=fuzz/corpus/$target

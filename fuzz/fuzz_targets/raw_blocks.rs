@@ -87,6 +87,9 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             Block::Zero => assert!(is_zero(written), "block {index} lost data"),
+            // Only `Blocks::changes` yields it, for a layer over a backing disk; a raw file
+            // has no backing disk.
+            Block::Unchanged => panic!("block {index} of a raw file was yielded as unchanged"),
         }
     }
     assert_eq!(next, size.div_ceil(BLOCK_SIZE), "blocks missing at the end");
