@@ -587,7 +587,7 @@ const TRANSIENT_IO: [io::ErrorKind; 6] = [
 ///
 /// An error that already went through a `ResilientStore` and was given up on is never
 /// transient again, so that stacked wrappers cannot multiply each other's attempts.
-fn is_transient(error: &object_store::Error) -> bool {
+pub(crate) fn is_transient(error: &object_store::Error) -> bool {
     match error {
         object_store::Error::Generic { source, .. } => chain_is_transient(source.as_ref()),
         _ => false,

@@ -231,10 +231,10 @@ impl Store {
             let slot = KeySlot::wrap(master, &secret, domain, FIRST_SLOT)
                 .map_err(crypto("cannot wrap the store's key"))?;
             let json = serde_json::to_vec_pretty(&slot).map_err(|e| internal(&e))?;
-            put(&objects, &layout::slot(FIRST_SLOT), json.into()).await?;
+            create(&objects, &layout::slot(FIRST_SLOT), json.into(), &location).await?;
         }
         let json = serde_json::to_vec_pretty(&config).map_err(|e| internal(&e))?;
-        put(&objects, &config_path, json.into()).await?;
+        create(&objects, &config_path, json.into(), &location).await?;
 
         let keys = KeyDomain::new(domain, &secret, encrypted, current_key_id);
         Ok(Self {
@@ -826,6 +826,55 @@ async fn exists(objects: &Arc<dyn ObjectStore>, path: &Path) -> Result<bool> {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
         Err(e) => Err(StoreError::backend("read", path)(e)),
+    }
+}
+
+/// Writes an object that must not exist yet: with a conditional PUT where the backend
+/// enforces one, so that two `init`s racing on one location cannot both win (the loser is
+/// told the store exists). A backend that does not implement conditional PUT gets a plain
+/// one; so does one that ignores the condition (Garage), where the existence check made
+/// before is all the protection there is. Nothing relies on the condition for correctness.
+///
+/// The retrying layer leaves conditional PUTs alone (a retry may meet its own lost first
+/// attempt), so transient failures are retried here, where the answer can be told apart:
+/// an object that exists with exactly our bytes is our own earlier attempt, since what
+/// `init` writes holds a fresh random key domain.
+async fn create(
+    objects: &Arc<dyn ObjectStore>,
+    path: &Path,
+    payload: PutPayload,
+    location: &Location,
+) -> Result<()> {
+    let policy = crate::resilient::RetryPolicy::default();
+    let mut attempt = 1;
+    loop {
+        let options = object_store::PutOptions::from(object_store::PutMode::Create);
+        match objects.put_opts(path, payload.clone(), options).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let ours = payload.iter().flatten().copied().collect::<Vec<u8>>();
+                let found = match objects.get(path).await {
+                    Ok(found) => found.bytes().await.ok(),
+                    Err(_) => None,
+                };
+                if attempt > 1 && found.as_deref() == Some(ours.as_slice()) {
+                    return Ok(());
+                }
+                return Err(StoreError::AlreadyExists {
+                    location: location.to_string(),
+                });
+            }
+            Err(object_store::Error::NotImplemented | object_store::Error::NotSupported { .. }) => {
+                return put(objects, path, payload).await;
+            }
+            Err(e) if attempt < policy.max_attempts && crate::resilient::is_transient(&e) => {
+                let delay = policy.backoff(attempt, &mut rand::rng());
+                tracing::debug!(%path, attempt, ?delay, error = %e, "conditional put retried");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(StoreError::backend("write", path)(e)),
+        }
     }
 }
 

@@ -333,3 +333,38 @@ async fn opening_a_local_folder_that_does_not_exist_fails_with_not_a_store() {
         "open created the folder"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Backends that enforce conditional PUT (memory and local disk; Garage ignores it)
+// ---------------------------------------------------------------------------------------
+
+/// Two `init`s racing on one location: the loser finds the winner's key slot already
+/// written after its own existence check. It must report that the store exists, not replace
+/// the slot and leave a config that no slot opens.
+#[tokio::test]
+async fn an_init_that_loses_a_race_reports_the_store_exists_and_replaces_nothing() {
+    for backend in [memory().await, local().await] {
+        let winner_slot = bytes::Bytes::from_static(b"{\"the winner's\": \"slot\"}");
+        let slot = Path::from("keys/slots/slot-0");
+        backend
+            .objects
+            .put(&slot, winner_slot.clone().into())
+            .await
+            .expect("the winner's slot");
+
+        let loser = backend.init(small_blocks(Some(raw_key(KEY)))).await;
+
+        assert!(
+            matches!(loser, Err(StoreError::AlreadyExists { .. })),
+            "{loser:?}"
+        );
+        let kept = backend
+            .objects
+            .get(&slot)
+            .await
+            .expect("slot")
+            .bytes()
+            .await;
+        assert_eq!(kept.expect("slot bytes"), winner_slot);
+    }
+}
