@@ -87,6 +87,99 @@ pub(crate) enum Command {
     /// Manage an encrypted store's master-key slots and data keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Register machine images from snapshots, find them by family, and manage them.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Register an image from snapshots.
+    Register(RegisterArgs),
+    /// List images, oldest first.
+    List {
+        /// Only images of this family.
+        #[arg(long)]
+        family: Option<String>,
+        /// Only images with this tag, as key=value; may be repeated.
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = crate::units::parse_tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Show one image: img-…, FAMILY@latest or FAMILY@N (N = 1 is the latest).
+    Show {
+        /// The image.
+        image: String,
+    },
+    /// Remove an image's record (its snapshots stay); refused while it is protected.
+    Deregister {
+        /// The image.
+        image: String,
+    },
+    /// Protect an image from deregistration.
+    Protect {
+        /// The image.
+        image: String,
+    },
+    /// Lift an image's protection.
+    Unprotect {
+        /// The image.
+        image: String,
+    },
+    /// Deprecate an image from a time on: FAMILY@latest skips it from then.
+    Deprecate {
+        /// The image.
+        image: String,
+        /// When, as RFC 3339 (2026-12-24T00:00:00Z) or `now`.
+        #[arg(long, value_name = "TIME", value_parser = crate::units::parse_time)]
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    /// Record that an account may use the image.
+    Share {
+        /// The image.
+        image: String,
+        /// The account.
+        #[arg(long)]
+        account: String,
+    },
+    /// Withdraw an account's share.
+    Unshare {
+        /// The image.
+        image: String,
+        /// The account.
+        #[arg(long)]
+        account: String,
+    },
+    /// Make an image its family's latest.
+    Promote {
+        /// The image.
+        image: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RegisterArgs {
+    /// The image's name.
+    #[arg(long)]
+    pub(crate) name: String,
+    /// The family it belongs to.
+    #[arg(long)]
+    pub(crate) family: Option<String>,
+    /// A disk, as DEVICE=SNAP; repeat for more, in boot order.
+    #[arg(long = "snapshot", value_name = "DEVICE=SNAP", required = true,
+          value_parser = crate::units::parse_tag)]
+    pub(crate) snapshots: Vec<(String, String)>,
+    /// The architecture: x86_64 or aarch64.
+    #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "aarch64"])]
+    pub(crate) arch: String,
+    /// The boot mode: uefi or bios.
+    #[arg(long, default_value = "uefi", value_parser = ["uefi", "bios"])]
+    pub(crate) boot_mode: String,
+    /// Free text.
+    #[arg(long, default_value = "")]
+    pub(crate) description: String,
+    /// A tag, as key=value; may be repeated.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = crate::units::parse_tag)]
+    pub(crate) tags: Vec<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,6 +39,16 @@ pub(crate) fn parse_rate(input: &str) -> Result<u64, String> {
     }
 }
 
+/// Parses a point in time: RFC 3339, or `now`.
+pub(crate) fn parse_time(input: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if input == "now" {
+        return Ok(chrono::Utc::now());
+    }
+    chrono::DateTime::parse_from_rfc3339(input)
+        .map(|time| time.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{input:?} is not a time as 2026-12-24T00:00:00Z or now: {e}"))
+}
+
 /// Parses a `key=value` tag.
 pub(crate) fn parse_tag(input: &str) -> Result<(String, String), String> {
     match input.split_once('=') {

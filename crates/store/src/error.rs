@@ -77,6 +77,12 @@ pub enum StoreError {
         /// The snapshot asked for.
         id: String,
     },
+    /// No record for the image.
+    #[error("image {id} not found in the store")]
+    ImageNotFound {
+        /// The image asked for.
+        id: String,
+    },
     /// A store or snapshot option out of range.
     #[error("{0}")]
     InvalidArgument(String),

@@ -29,6 +29,7 @@
 
 #![deny(missing_docs)]
 
+mod catalog;
 mod check;
 mod codec;
 mod config;
@@ -53,6 +54,11 @@ mod snapshot;
 mod store;
 mod writer;
 
+pub use catalog::{
+    Architecture, BootMode, Device, ImageId, ImageRecord, NewImage, deregister_image,
+    family_images, image, images, promote, register_image, resolve_image, update_image,
+    validate_label,
+};
 pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use config::{
     DEFAULT_BLOCK_SIZE, FORMAT_VERSION, KeyDomainConfig, SEGMENT_BLOCKS, StoreConfig,

@@ -205,6 +205,23 @@ impl RawStore {
         }
     }
 
+    /// Every object under `prefix`.
+    pub(crate) async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
+        self.objects
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(StoreError::backend("list", prefix))
+    }
+
+    /// Deletes an object; one already gone is not an error.
+    pub(crate) async fn delete(&self, path: &Path) -> Result<()> {
+        match self.objects.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::backend("delete", path)(e)),
+        }
+    }
+
     pub(crate) async fn exists(&self, path: &Path) -> Result<bool> {
         match self.objects.head(path).await {
             Ok(_) => Ok(true),

@@ -3,6 +3,7 @@
 mod check;
 mod copy;
 mod export;
+mod image;
 mod import;
 mod key;
 mod restore;
@@ -46,6 +47,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             check::run(args, &store, out).await
         }
         Command::Copy(args) => copy::run(args, &config, &cli.global, out).await,
+        Command::Image(command) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            image::run(command, &store, out).await
+        }
         Command::Key(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             key::run(command, &store, out).await

@@ -1,0 +1,161 @@
+//! `blockyard image`: registering images from snapshots, families and `FAMILY@latest`,
+//! protection, deprecation and sharing, driven end to end.
+
+mod common;
+
+use common::Fixture;
+use serde_json::Value;
+
+/// A store with two snapshots of small qemu-img images; returns their ids.
+fn two_snapshots(fx: &Fixture) -> (String, String) {
+    fx.init();
+    let first = fx.qemu_raw_image("a.img", 1 << 20, &[(0, vec![1; 4096])]);
+    let second = fx.qemu_raw_image("b.img", 1 << 20, &[(0, vec![2; 4096])]);
+    (fx.snapshot_id(&first), fx.snapshot_id(&second))
+}
+
+fn register(fx: &Fixture, name: &str, family: &str, snapshot: &str) -> String {
+    let device = format!("/dev/xvda={snapshot}");
+    let record = fx.json(&[
+        "image",
+        "register",
+        "--name",
+        name,
+        "--family",
+        family,
+        "--snapshot",
+        &device,
+        "--tag",
+        "team=adas",
+    ]);
+    record["id"].as_str().expect("an image id").to_owned()
+}
+
+fn id_of(value: &Value) -> &str {
+    value["id"].as_str().expect("an image id")
+}
+
+#[test]
+fn family_latest_follows_promotions_and_skips_deprecated_images() {
+    let fx = Fixture::new();
+    let (snap1, snap2) = two_snapshots(&fx);
+    let night1 = register(&fx, "adas-1", "adas", &snap1);
+    let night2 = register(&fx, "adas-2", "adas", &snap2);
+
+    // Registered is not promoted: the family has no latest yet.
+    let refused = fx.fails(&["image", "show", "adas@latest"]);
+    assert!(refused.contains("image promote"), "{refused}");
+
+    fx.json(&["image", "promote", &night1]);
+    assert_eq!(id_of(&fx.json(&["image", "show", "adas@latest"])), night1);
+    fx.json(&["image", "promote", &night2]);
+    assert_eq!(id_of(&fx.json(&["image", "show", "adas@latest"])), night2);
+    assert_eq!(id_of(&fx.json(&["image", "show", "adas@2"])), night1);
+
+    fx.json(&["image", "deprecate", "adas@latest", "--at", "now"]);
+    assert_eq!(id_of(&fx.json(&["image", "show", "adas@latest"])), night1);
+    let refused = fx.fails(&["image", "show", "adas@2"]);
+    assert!(refused.contains("1 promoted image"), "{refused}");
+}
+
+#[test]
+fn a_protected_image_cannot_be_deregistered_until_unprotected() {
+    let fx = Fixture::new();
+    let (snap1, _) = two_snapshots(&fx);
+    let image = register(&fx, "base", "base", &snap1);
+
+    let protected = fx.json(&["image", "protect", &image]);
+    assert_eq!(protected["protected"], true);
+    let refused = fx.fails(&["image", "deregister", &image]);
+    assert!(refused.contains("protected"), "{refused}");
+
+    fx.json(&["image", "unprotect", &image]);
+    fx.json(&["image", "deregister", &image]);
+    let gone = fx.fails(&["image", "show", &image]);
+    assert!(gone.contains("not found"), "{gone}");
+    // The snapshot stays.
+    fx.json(&["snapshot", "show", &snap1]);
+}
+
+#[test]
+fn images_list_by_family_and_tag_and_record_their_shares() {
+    let fx = Fixture::new();
+    let (snap1, snap2) = two_snapshots(&fx);
+    let a = register(&fx, "a", "alpha", &snap1);
+    let b = register(&fx, "b", "beta", &snap2);
+
+    let shared = fx.json(&["image", "share", &b, "--account", "team-eu"]);
+    assert_eq!(shared["shared_with"], serde_json::json!(["team-eu"]));
+    let unshared = fx.json(&["image", "unshare", &b, "--account", "team-eu"]);
+    assert_eq!(unshared["shared_with"], serde_json::json!([]));
+
+    let alpha = fx.json(&["image", "list", "--family", "alpha"]);
+    let ids: Vec<&str> = alpha["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(ids, [a.as_str()]);
+    let tagged = fx.json(&["image", "list", "--tag", "team=adas"]);
+    assert_eq!(tagged["images"].as_array().map(Vec::len), Some(2));
+    let none = fx.json(&["image", "list", "--tag", "team=other"]);
+    assert_eq!(none["images"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn bad_image_requests_get_clear_errors() {
+    let fx = Fixture::new();
+    let (snap1, _) = two_snapshots(&fx);
+    let missing = "snap-00000000000000000000000000000001";
+
+    let refused = fx.fails(&[
+        "image",
+        "register",
+        "--name",
+        "x",
+        "--snapshot",
+        &format!("/dev/xvda={missing}"),
+    ]);
+    assert!(refused.contains("not found"), "{refused}");
+    let refused = fx.fails(&[
+        "image",
+        "register",
+        "--name",
+        "x",
+        "--family",
+        "../etc",
+        "--snapshot",
+        &format!("/dev/xvda={snap1}"),
+    ]);
+    assert!(refused.contains("may hold only letters"), "{refused}");
+    let twice = format!("d={snap1}");
+    let refused = fx.fails(&[
+        "image",
+        "register",
+        "--name",
+        "x",
+        "--snapshot",
+        &twice,
+        "--snapshot",
+        &twice,
+    ]);
+    assert!(refused.contains("named twice"), "{refused}");
+    let refused = fx.fails(&["image", "show", "adas@0"]);
+    assert!(refused.contains("a number from 1"), "{refused}");
+    let refused = fx.fails(&["image", "show", "img-nothex"]);
+    assert!(refused.contains("bad image id"), "{refused}");
+    let image = register(&fx, "solo", "solo", &snap1);
+    let no_family = fx.json(&[
+        "image",
+        "register",
+        "--name",
+        "loose",
+        "--snapshot",
+        &format!("d={snap1}"),
+    ]);
+    let refused = fx.fails(&["image", "promote", id_of(&no_family)]);
+    assert!(refused.contains("no family"), "{refused}");
+    let refused = fx.fails(&["image", "deprecate", &image, "--at", "tomorrow"]);
+    assert!(refused.contains("not a time"), "{refused}");
+}

@@ -1,0 +1,443 @@
+//! The image catalog: machine images registered from snapshots, and their families.
+//!
+//! ```text
+//! images/<img-id>                          envelope(kind image, image record JSON)
+//! refs/<family>/<promotion id>-<img-id>    envelope(kind image, the image id): a promotion
+//! ```
+//!
+//! An image record names its snapshots by device, with what a hypervisor needs to boot
+//! them (architecture, boot mode) and what a fleet needs to manage them (family, tags,
+//! protection, deprecation, the accounts it is shared with). Changing an attribute writes
+//! the record again; the last writer wins, as with any attribute store.
+//!
+//! Promotion never overwrites anything. `promote` writes a new ref object under the
+//! family's folder, named by a fresh ULID and the image id, so two machines promoting at
+//! once both succeed and neither corrupts the other. `FAMILY@latest` lists the family's
+//! refs (one listing) and takes the newest by the store's own time of writing (its
+//! `last_modified`, never a client clock), the name breaking ties; images deregistered or
+//! deprecated since are skipped. `FAMILY@N` is the N-th newest image so found, `@1` being
+//! `@latest`.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use blockyard_crypto::ObjectKind;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError};
+use crate::snapshot::SnapshotId;
+use crate::store::Store;
+
+/// Longest image name, family name, device name, account or tag, in bytes: these are
+/// labels, and a family name becomes a folder of the store.
+const MAX_LABEL: usize = 128;
+
+/// Most devices one image may name.
+const MAX_DEVICES: usize = 64;
+
+/// An image's id: `img-` and 32 lowercase hex digits of a ULID's 16 bytes, so ids sort by
+/// registration time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageId(u128);
+
+impl ImageId {
+    /// A new id for an image registered now.
+    pub fn generate() -> Self {
+        Self(ulid::Ulid::new().0)
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "img-{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for ImageId {
+    type Err = StoreError;
+
+    fn from_str(input: &str) -> Result<Self> {
+        let bad = || {
+            StoreError::InvalidArgument(format!(
+                "bad image id {input:?}: expected img- followed by 32 lowercase hex digits"
+            ))
+        };
+        let hex = input.strip_prefix("img-").ok_or_else(bad)?;
+        let valid = hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !valid {
+            return Err(bad());
+        }
+        u128::from_str_radix(hex, 16).map(Self).map_err(|_| bad())
+    }
+}
+
+impl Serialize for ImageId {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageId {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The architecture an image boots on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// 64-bit x86.
+    X86_64,
+    /// 64-bit ARM.
+    Aarch64,
+}
+
+/// How an image boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    /// UEFI firmware.
+    Uefi,
+    /// Legacy BIOS.
+    Bios,
+}
+
+/// One disk of an image: the device it is attached as, and its snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// The device name, as `/dev/xvda` or `disk1`.
+    pub name: String,
+    /// The snapshot that holds it.
+    pub snapshot: SnapshotId,
+}
+
+/// A registered machine image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The image's id.
+    pub id: ImageId,
+    /// Its name.
+    pub name: String,
+    /// The family it belongs to, if any.
+    pub family: Option<String>,
+    /// When it was registered.
+    pub created: DateTime<Utc>,
+    /// Its disks, in boot order.
+    pub devices: Vec<Device>,
+    /// The architecture it boots on.
+    pub architecture: Architecture,
+    /// How it boots.
+    pub boot_mode: BootMode,
+    /// Free text.
+    pub description: String,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// A protected image cannot be deregistered.
+    pub protected: bool,
+    /// From this time on the image is deprecated: `FAMILY@latest` skips it.
+    pub deprecate_at: Option<DateTime<Utc>>,
+    /// Accounts the image is shared with.
+    pub shared_with: BTreeSet<String>,
+}
+
+impl ImageRecord {
+    /// Whether the image is deprecated at `now`.
+    pub fn is_deprecated(&self, now: DateTime<Utc>) -> bool {
+        self.deprecate_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// What `register_image` needs.
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    /// The image's name.
+    pub name: String,
+    /// The family it belongs to, if any.
+    pub family: Option<String>,
+    /// Its disks, in boot order.
+    pub devices: Vec<Device>,
+    /// The architecture it boots on.
+    pub architecture: Architecture,
+    /// How it boots.
+    pub boot_mode: BootMode,
+    /// Free text.
+    pub description: String,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Checks a name used as a label: not empty, at most [`MAX_LABEL`] bytes, and for a family
+/// (which names a folder) only letters, digits and `.`, `_`, `-`.
+pub fn validate_label(what: &str, value: &str, folder: bool) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(StoreError::InvalidArgument(format!(
+            "{what} {value:?} {reason}"
+        )))
+    };
+    if value.is_empty() {
+        return bad("is empty");
+    }
+    if value.len() > MAX_LABEL {
+        return bad(&format!("is longer than {MAX_LABEL} bytes"));
+    }
+    if folder
+        && (!value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            || value.starts_with('.'))
+    {
+        return bad("may hold only letters, digits, '.', '_' and '-', and not start with '.'");
+    }
+    if value.chars().any(char::is_control) {
+        return bad("holds control characters");
+    }
+    Ok(())
+}
+
+fn image_path(id: &ImageId) -> Path {
+    Path::from(format!("images/{id}"))
+}
+
+fn refs_prefix(family: &str) -> Path {
+    Path::from(format!("refs/{family}"))
+}
+
+/// Registers an image of snapshots the store holds, and returns its record.
+pub async fn register_image(store: &Store, new: NewImage) -> Result<ImageRecord> {
+    validate_label("image name", &new.name, false)?;
+    if let Some(family) = &new.family {
+        validate_label("family", family, true)?;
+    }
+    if new.devices.is_empty() {
+        return Err(StoreError::InvalidArgument(
+            "an image needs at least one snapshot".to_owned(),
+        ));
+    }
+    if new.devices.len() > MAX_DEVICES {
+        return Err(StoreError::InvalidArgument(format!(
+            "an image may name at most {MAX_DEVICES} devices"
+        )));
+    }
+    let mut seen = HashSet::new();
+    for device in &new.devices {
+        validate_label("device", &device.name, false)?;
+        if !seen.insert(device.name.as_str()) {
+            return Err(StoreError::InvalidArgument(format!(
+                "device {} is named twice",
+                device.name
+            )));
+        }
+        if !store.raw().has_snapshot(&device.snapshot).await? {
+            return Err(StoreError::SnapshotNotFound {
+                id: device.snapshot.to_string(),
+            });
+        }
+    }
+    for (key, value) in &new.tags {
+        validate_label("tag", key, false)?;
+        if value.len() > MAX_LABEL {
+            return Err(StoreError::InvalidArgument(format!(
+                "the value of tag {key} is longer than {MAX_LABEL} bytes"
+            )));
+        }
+    }
+
+    let record = ImageRecord {
+        id: ImageId::generate(),
+        name: new.name,
+        family: new.family,
+        created: Utc::now(),
+        devices: new.devices,
+        architecture: new.architecture,
+        boot_mode: new.boot_mode,
+        description: new.description,
+        tags: new.tags,
+        protected: false,
+        deprecate_at: None,
+        shared_with: BTreeSet::new(),
+    };
+    put_image(store, &record).await?;
+    Ok(record)
+}
+
+async fn put_image(store: &Store, record: &ImageRecord) -> Result<()> {
+    let json = serde_json::to_vec(record).map_err(|e| StoreError::Task(e.to_string()))?;
+    let name = record.id.to_string();
+    let sealed = store
+        .keys()
+        .seal(ObjectKind::Image, name.as_bytes(), &json, false);
+    store
+        .raw()
+        .put(&image_path(&record.id), Bytes::from(sealed))
+        .await
+}
+
+/// Reads an image's record.
+pub async fn image(store: &Store, id: &ImageId) -> Result<ImageRecord> {
+    let path = image_path(id);
+    let Some(sealed) = store.raw().get(&path).await? else {
+        return Err(StoreError::ImageNotFound { id: id.to_string() });
+    };
+    let name = id.to_string();
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "image record",
+        name: name.clone(),
+        reason,
+    };
+    let (json, _) = store
+        .keys()
+        .open(ObjectKind::Image, name.as_bytes(), &sealed)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let record: ImageRecord = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+    if record.id != *id {
+        return Err(corrupt(format!("it names itself {}", record.id)));
+    }
+    Ok(record)
+}
+
+/// Every image's record, oldest first.
+pub async fn images(store: &Store) -> Result<Vec<ImageRecord>> {
+    let mut ids: Vec<ImageId> = store
+        .raw()
+        .list(&Path::from("images"))
+        .await?
+        .iter()
+        .filter_map(|meta| meta.location.filename()?.parse().ok())
+        .collect();
+    ids.sort();
+    let mut records = Vec::with_capacity(ids.len());
+    for id in ids {
+        records.push(image(store, &id).await?);
+    }
+    Ok(records)
+}
+
+/// Changes an image's attributes with `change` and writes the record back.
+pub async fn update_image(
+    store: &Store,
+    id: &ImageId,
+    change: impl FnOnce(&mut ImageRecord) -> Result<()>,
+) -> Result<ImageRecord> {
+    let mut record = image(store, id).await?;
+    change(&mut record)?;
+    put_image(store, &record).await?;
+    Ok(record)
+}
+
+/// Deregisters an image: its record goes, its snapshots stay. A protected image is refused.
+pub async fn deregister_image(store: &Store, id: &ImageId) -> Result<ImageRecord> {
+    let record = image(store, id).await?;
+    if record.protected {
+        return Err(StoreError::InvalidArgument(format!(
+            "image {id} is protected; `image unprotect` it first"
+        )));
+    }
+    store.raw().delete(&image_path(id)).await?;
+    Ok(record)
+}
+
+/// Makes an image its family's latest by writing a new ref; returns the ref's name.
+pub async fn promote(store: &Store, id: &ImageId) -> Result<String> {
+    let record = image(store, id).await?;
+    let Some(family) = &record.family else {
+        return Err(StoreError::InvalidArgument(format!(
+            "image {id} belongs to no family; register it with --family to promote it"
+        )));
+    };
+    let name = format!("{}-{id}", ulid::Ulid::new().to_string().to_lowercase());
+    let path = Path::from(format!("refs/{family}/{name}"));
+    let sealed = store.keys().seal(
+        ObjectKind::Image,
+        path.as_ref().as_bytes(),
+        id.to_string().as_bytes(),
+        false,
+    );
+    store.raw().put(&path, Bytes::from(sealed)).await?;
+    Ok(name)
+}
+
+/// The images of `family` as promoted, newest promotion first, each once, skipping images
+/// deregistered or deprecated at `now`. One listing of the store.
+pub async fn family_images(
+    store: &Store,
+    family: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<ImageRecord>> {
+    validate_label("family", family, true)?;
+    let mut refs = store.raw().list(&refs_prefix(family)).await?;
+    refs.sort_by(|a, b| {
+        (b.last_modified, b.location.as_ref()).cmp(&(a.last_modified, a.location.as_ref()))
+    });
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    for meta in refs {
+        let Some(id) = meta
+            .location
+            .filename()
+            .and_then(|name| name.rsplit_once("-img-"))
+            .and_then(|(_, hex)| format!("img-{hex}").parse::<ImageId>().ok())
+        else {
+            continue;
+        };
+        if !seen.insert(id) {
+            continue;
+        }
+        match image(store, &id).await {
+            Ok(record)
+                if !record.is_deprecated(now) && record.family.as_deref() == Some(family) =>
+            {
+                found.push(record);
+            }
+            Ok(_) => {}
+            // A deregistered image leaves its refs behind; they name nothing now.
+            Err(StoreError::ImageNotFound { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(found)
+}
+
+/// Resolves an image reference: `img-…`, `FAMILY@latest` or `FAMILY@N` (`@1` is latest).
+pub async fn resolve_image(store: &Store, reference: &str) -> Result<ImageRecord> {
+    let Some((family, which)) = reference.split_once('@') else {
+        let id: ImageId = reference.parse()?;
+        return image(store, &id).await;
+    };
+    let n: usize = match which {
+        "latest" => 1,
+        number => match number.parse() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{reference:?}: after @ give latest or a number from 1 (the newest)"
+                )));
+            }
+        },
+    };
+    let found = family_images(store, family, Utc::now()).await?;
+    let count = found.len();
+    found.into_iter().nth(n - 1).ok_or_else(|| {
+        StoreError::InvalidArgument(format!(
+            "{reference}: family {family} has {count} promoted image{} that is not \
+             deprecated; `image promote` makes one its latest",
+            if count == 1 { "" } else { "s" }
+        ))
+    })
+}
