@@ -404,6 +404,12 @@ pub(crate) struct ImportArgs {
     /// machine does not have (the chain was made on a copy of that snapshot).
     #[arg(long, value_name = "SNAP")]
     pub(crate) backing_snapshot: Option<String>,
+    /// The architecture the image boots on: x86_64 or aarch64.
+    #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "aarch64"])]
+    pub(crate) arch: String,
+    /// How the image boots: uefi or bios.
+    #[arg(long, default_value = "uefi", value_parser = ["uefi", "bios"])]
+    pub(crate) boot_mode: String,
     /// Free text stored with each snapshot.
     #[arg(long, default_value = "")]
     pub(crate) description: String,

@@ -159,3 +159,45 @@ fn bad_image_requests_get_clear_errors() {
     let refused = fx.fails(&["image", "deprecate", &image, "--at", "tomorrow"]);
     assert!(refused.contains("not a time"), "{refused}");
 }
+
+#[test]
+fn an_import_registers_its_image_and_family_latest_names_it_everywhere() {
+    let fx = Fixture::new();
+    fx.init();
+    let raw = fx.qemu_raw_image("disk.img", 2 << 20, &[(4096, vec![7; 70_000])]);
+    let qcow2 = fx.path("disk.qcow2");
+    common::run_tool(std::process::Command::new("qemu-img").args([
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        raw.to_str().expect("utf-8"),
+        qcow2.to_str().expect("utf-8"),
+    ]));
+
+    let imported = fx.json(&[
+        "import",
+        qcow2.to_str().expect("utf-8"),
+        "--name",
+        "ci-base",
+        "--family",
+        "ci",
+        "--arch",
+        "aarch64",
+    ]);
+    let image = imported["image"].as_str().expect("an image id").to_owned();
+    let snapshot = imported["snapshots"][0]["snapshot"].as_str().expect("id");
+    let record = fx.json(&["image", "show", &image]);
+    assert_eq!(record["devices"][0]["snapshot"], snapshot);
+    assert_eq!(record["architecture"], "aarch64");
+    fx.json(&["image", "promote", &image]);
+
+    // The family's latest stands for its one snapshot wherever a snapshot is named.
+    let out = fx.path("restored.img");
+    fx.ok(&["restore", "ci@latest", out.to_str().expect("utf-8")]);
+    assert!(std::fs::read(&out).expect("restored") == std::fs::read(&raw).expect("raw"));
+    let shown = fx.json(&["snapshot", "show", &format!("{image}:disk0")]);
+    assert_eq!(shown["id"], snapshot, "{shown}");
+    let refused = fx.fails(&["snapshot", "show", &format!("{image}:nvme9")]);
+    assert!(refused.contains("no device nvme9"), "{refused}");
+}

@@ -14,7 +14,6 @@ use blockyard_formats::{FileSink, Format, FormatError, ImageSink, StreamSink};
 use blockyard_store::{ObjectUpload, Store, export};
 use serde_json::json;
 
-use super::snapshot_id;
 use crate::cli::ExportArgs;
 use crate::output::{Output, Unit};
 use crate::settings::ConfigFile;
@@ -117,7 +116,7 @@ pub(crate) async fn run(
     config: &ConfigFile,
 ) -> Result<()> {
     let started = Instant::now();
-    let id = snapshot_id(&args.snapshot)?;
+    let id = super::resolve_snapshot(store, &args.snapshot).await?;
     let (format, writer) = Writer::choose(args)?;
     let record = store.snapshot(&id).await?;
     let to_stdout = args.output == "-";

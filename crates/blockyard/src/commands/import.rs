@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use blockyard_store::{CreateOptions, SnapshotReader, Store, create_snapshot};
+use blockyard_store::{
+    Architecture, BootMode, CreateOptions, Device, NewImage, SnapshotReader, Store,
+    create_snapshot, register_image,
+};
 use serde_json::json;
 
 use super::snapshot::summary;
-use super::snapshot_id;
 use crate::cli::ImportArgs;
 use crate::image::{Backing, open_image};
 use crate::output::{Output, Unit};
@@ -27,7 +29,7 @@ pub(crate) async fn run(
     let started = Instant::now();
     let backing = match &args.backing_snapshot {
         Some(text) => {
-            let id = snapshot_id(text)?;
+            let id = super::resolve_snapshot(store, text).await?;
             Backing::WhenMissing(Arc::new(SnapshotReader::open(store, &id).await?))
         }
         None => Backing::Files,
@@ -38,6 +40,7 @@ pub(crate) async fn run(
     tracing::debug!(source = %args.source, %format, disks = disk_count, "importing");
 
     let mut snapshots = Vec::with_capacity(disk_count);
+    let mut devices = Vec::with_capacity(disk_count);
     let mut text = String::new();
     for disk in image.disks {
         let mut tags: BTreeMap<String, String> = args.tags.iter().cloned().collect();
@@ -77,7 +80,34 @@ pub(crate) async fn run(
         let mut entry = summary(&record);
         entry["device"] = json!(disk.device);
         snapshots.push(entry);
+        devices.push(Device {
+            name: disk.device.clone(),
+            snapshot: record.id,
+        });
     }
+
+    // The image records the disks in the order the source lists them (OVF order for an
+    // OVA); it is registered, not promoted: promotion is the pipeline's decision.
+    let image = register_image(
+        store,
+        NewImage {
+            name: args.name.clone(),
+            family: args.family.clone(),
+            devices,
+            architecture: match args.arch.as_str() {
+                "aarch64" => Architecture::Aarch64,
+                _ => Architecture::X86_64,
+            },
+            boot_mode: match args.boot_mode.as_str() {
+                "bios" => BootMode::Bios,
+                _ => BootMode::Uefi,
+            },
+            description: args.description.clone(),
+            tags: args.tags.iter().cloned().collect(),
+        },
+    )
+    .await
+    .context("the snapshots are stored, but their image could not be registered")?;
     let seconds = started.elapsed().as_secs_f64();
 
     let document = json!({
@@ -85,15 +115,15 @@ pub(crate) async fn run(
         "family": args.family,
         "source": args.source,
         "format": format.name(),
-        // The catalog registers an image for the snapshots; until it does, there is none.
-        "image": null,
+        "image": image.id,
         "snapshots": snapshots,
         "seconds": seconds,
     });
     out.emit(&document, || {
         format!(
-            "imported {} ({format}, {disk_count} disk{}) in {seconds:.2} s\n{text}",
+            "imported {} as {} ({format}, {disk_count} disk{}) in {seconds:.2} s\n{text}",
             args.name,
+            image.id,
             if disk_count == 1 { "" } else { "s" },
         )
     })?;

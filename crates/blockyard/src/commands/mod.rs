@@ -69,3 +69,43 @@ fn snapshot_id(text: &str) -> Result<SnapshotId> {
     text.parse()
         .context("give a snapshot id as printed by `blockyard snapshot list`")
 }
+
+/// Resolves what the command line names as a disk: a snapshot id, or an image (`img-…`,
+/// `FAMILY@latest`, `FAMILY@N`) with one device, or `IMAGE:DEVICE` for one of several.
+async fn resolve_snapshot(store: &Store, text: &str) -> Result<SnapshotId> {
+    if text.starts_with("snap-") {
+        return snapshot_id(text);
+    }
+    let (reference, device) = match text.split_once(':') {
+        Some((reference, device)) => (reference, Some(device)),
+        None => (text, None),
+    };
+    let image = blockyard_store::resolve_image(store, reference)
+        .await
+        .with_context(|| format!("{text:?} names neither a snapshot nor an image"))?;
+    let names = || {
+        image
+            .devices
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (device, image.devices.as_slice()) {
+        (None, [only]) => Ok(only.snapshot),
+        (None, _) => anyhow::bail!(
+            "image {} has {} devices ({}); name one as {reference}:DEVICE",
+            image.id,
+            image.devices.len(),
+            names()
+        ),
+        (Some(device), devices) => match devices.iter().find(|d| d.name == device) {
+            Some(found) => Ok(found.snapshot),
+            None => anyhow::bail!(
+                "image {} has no device {device}; it has {}",
+                image.id,
+                names()
+            ),
+        },
+    }
+}

@@ -6,14 +6,14 @@ use anyhow::{Context, Result};
 use blockyard_store::{RestoreOptions, Store, restore};
 use serde_json::json;
 
-use super::snapshot_id;
+use super::resolve_snapshot;
 use crate::cli::RestoreArgs;
 use crate::output::{Output, Unit};
 use crate::units::bytes;
 
 pub(crate) async fn run(args: &RestoreArgs, store: &Store, out: Output) -> Result<()> {
     let started = Instant::now();
-    let id = snapshot_id(&args.snapshot)?;
+    let id = resolve_snapshot(store, &args.snapshot).await?;
     let bar = out.progress("restore", Unit::Bytes);
     let summary = restore(
         store,

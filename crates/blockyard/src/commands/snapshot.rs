@@ -13,7 +13,7 @@ use blockyard_store::{
 };
 use serde_json::json;
 
-use super::snapshot_id;
+use super::{resolve_snapshot, snapshot_id};
 use crate::cli::{CreateArgs, SnapshotCommand};
 use crate::image::{Backing, Disk, open_image};
 use crate::output::{Output, Unit};
@@ -56,7 +56,9 @@ pub(crate) async fn run(
             Ok(())
         }
         SnapshotCommand::Show { snapshot } => {
-            let record = store.snapshot(&snapshot_id(snapshot)?).await?;
+            let record = store
+                .snapshot(&resolve_snapshot(store, snapshot).await?)
+                .await?;
             out.emit(&record, || {
                 let tags: Vec<String> = record
                     .tags
@@ -90,7 +92,8 @@ pub(crate) async fn run(
             Ok(())
         }
         SnapshotCommand::Blocks { snapshot } => {
-            let reader = SnapshotReader::open(store, &snapshot_id(snapshot)?).await?;
+            let reader =
+                SnapshotReader::open(store, &resolve_snapshot(store, snapshot).await?).await?;
             let blocks = reader.data_blocks().await?;
             let rows: Vec<_> = blocks
                 .iter()
@@ -113,8 +116,8 @@ pub(crate) async fn run(
             Ok(())
         }
         SnapshotCommand::Diff { first, second } => {
-            let a = SnapshotReader::open(store, &snapshot_id(first)?).await?;
-            let b = SnapshotReader::open(store, &snapshot_id(second)?).await?;
+            let a = SnapshotReader::open(store, &resolve_snapshot(store, first).await?).await?;
+            let b = SnapshotReader::open(store, &resolve_snapshot(store, second).await?).await?;
             let changed = diff(&a, &b).await?;
             let rows: Vec<_> = changed
                 .iter()
@@ -157,7 +160,10 @@ pub(crate) async fn run(
 
 async fn create(args: &CreateArgs, store: &Store, out: Output, config: &ConfigFile) -> Result<()> {
     let started = Instant::now();
-    let parent = args.parent.as_deref().map(snapshot_id).transpose()?;
+    let parent = match args.parent.as_deref() {
+        Some(text) => Some(resolve_snapshot(store, text).await?),
+        None => None,
+    };
     let parent_reader = match &parent {
         Some(id) => Some(Arc::new(SnapshotReader::open(store, id).await?)),
         None => None,
