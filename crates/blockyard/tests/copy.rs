@@ -480,3 +480,88 @@ fn a_destination_that_stays_down_fails_alone_and_holds_no_half_snapshot() {
         "the store that was down must hold no commit record"
     );
 }
+
+#[test]
+fn an_image_copies_after_its_snapshots_keylessly_by_id_and_resealed_by_family() {
+    let fx = Fixture::new();
+    let key = key_file(&fx, "source.key", 31);
+    let (dest, vault) = (fx.path("dest"), fx.path("vault"));
+    let dest_key = key_file(&fx, "dest.key", 32);
+    let vault_key = key_file(&fx, "vault.key", 33);
+    let (key, dest_key, vault_key) = (path_str(&key), path_str(&dest_key), path_str(&vault_key));
+    fx.ok(&[
+        "--key-file",
+        key,
+        "store",
+        "init",
+        "--encrypt",
+        "--block-size",
+        "64K",
+    ]);
+    fx.ok(&[
+        "--key-file",
+        dest_key,
+        "store",
+        "init",
+        path_str(&dest),
+        "--like",
+        path_str(&fx.store()),
+        "--like-key-file",
+        key,
+    ]);
+    fx.ok_at(
+        &vault,
+        &[
+            "--key-file",
+            vault_key,
+            "store",
+            "init",
+            "--encrypt",
+            "--block-size",
+            "64K",
+        ],
+    );
+    let night1 = fx.ext4_image("night1.img", 32, 17);
+    let imported = fx.json(&[
+        "--key-file",
+        key,
+        "import",
+        path_str(&night1),
+        "--name",
+        "n1",
+        "--family",
+        "ci",
+    ]);
+    let image = imported["image"].as_str().expect("image id").to_owned();
+    fx.json(&["--key-file", key, "image", "promote", &image]);
+
+    // By id, within the key domain: no key at all.
+    let copied = fx.json(&["copy", &image, "--to", path_str(&dest)]);
+    assert_eq!(copied["image"], image.as_str(), "{copied}");
+    assert_eq!(copied["destinations"][0]["image_copied"], true, "{copied}");
+    let shown = fx.ok_at(
+        &dest,
+        &["--json", "--key-file", dest_key, "image", "show", &image],
+    );
+    let shown: Value = serde_json::from_str(&shown).expect("JSON");
+    assert_eq!(shown["name"], "n1");
+    assert_restores_to(&fx, &dest, Some(Path::new(dest_key)), &image, &night1);
+
+    // By family, into another key domain: both keys, and the record sealed again.
+    let copied = fx.json(&[
+        "--key-file",
+        key,
+        "copy",
+        "ci@latest",
+        "--to",
+        path_str(&vault),
+        "--to-key-file",
+        vault_key,
+    ]);
+    assert_eq!(copied["destinations"][0]["image_copied"], true, "{copied}");
+    assert_restores_to(&fx, &vault, Some(Path::new(vault_key)), &image, &night1);
+
+    // Without the source's key, a family cannot be resolved, and says why.
+    let refused = fx.fails(&["copy", "ci@latest", "--to", path_str(&dest)]);
+    assert!(refused.contains("need the source's key"), "{refused}");
+}

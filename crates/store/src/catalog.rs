@@ -1,7 +1,8 @@
 //! The image catalog: machine images registered from snapshots, and their families.
 //!
 //! ```text
-//! images/<img-id>                          envelope(kind image, image record JSON)
+//! images/<img-id>                          envelope(kind image, clear part = its snapshot
+//!                                          ids, image record JSON)
 //! refs/<family>/<promotion id>-<img-id>    envelope(kind image, the image id): a promotion
 //! ```
 //!
@@ -277,16 +278,76 @@ pub async fn register_image(store: &Store, new: NewImage) -> Result<ImageRecord>
     Ok(record)
 }
 
-async fn put_image(store: &Store, record: &ImageRecord) -> Result<()> {
+/// Writes an image's record, sealed under `store`'s keys.
+pub async fn put_image(store: &Store, record: &ImageRecord) -> Result<()> {
     let json = serde_json::to_vec(record).map_err(|e| StoreError::Task(e.to_string()))?;
     let name = record.id.to_string();
-    let sealed = store
-        .keys()
-        .seal(ObjectKind::Image, name.as_bytes(), &json, false);
+    let snapshots: Vec<SnapshotId> = record.devices.iter().map(|d| d.snapshot).collect();
+    let sealed = store.keys().seal_with_clear(
+        ObjectKind::Image,
+        name.as_bytes(),
+        &encode_snapshot_list(&snapshots),
+        &json,
+        false,
+    );
     store
         .raw()
         .put(&image_path(&record.id), Bytes::from(sealed))
         .await
+}
+
+/// Magic number of an image envelope's clear part.
+const SNAPSHOT_LIST_MAGIC: &[u8; 4] = b"BYI1";
+
+/// An image envelope's clear part: what a copy without keys must know, the image's
+/// snapshots in device order.
+///
+/// ```text
+/// offset  size     field
+/// 0       4        magic "BYI1"
+/// 4       4        snapshot count n, u32 little-endian
+/// 8       16 * n   the snapshot ids' 16 bytes, big-endian, in device order
+/// ```
+fn encode_snapshot_list(snapshots: &[SnapshotId]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 16 * snapshots.len());
+    out.extend_from_slice(SNAPSHOT_LIST_MAGIC);
+    out.extend_from_slice(
+        &u32::try_from(snapshots.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for id in snapshots {
+        out.extend_from_slice(&id.to_bytes());
+    }
+    out
+}
+
+/// Parses an image envelope's clear part; the count must match the bytes exactly.
+pub(crate) fn decode_snapshot_list(bytes: &[u8]) -> std::result::Result<Vec<SnapshotId>, String> {
+    let Some((header, ids)) = bytes.split_first_chunk::<8>() else {
+        return Err(format!(
+            "its clear part is {} bytes, shorter than its header",
+            bytes.len()
+        ));
+    };
+    if &header[..4] != SNAPSHOT_LIST_MAGIC {
+        return Err("its clear part does not start with the magic \"BYI1\"".to_owned());
+    }
+    let count = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if ids.len() as u64 != u64::from(count) * 16 {
+        return Err(format!(
+            "its clear part names {count} snapshots in {} bytes",
+            ids.len()
+        ));
+    }
+    Ok(ids
+        .chunks_exact(16)
+        .map(|chunk| {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(chunk);
+            SnapshotId::from_bytes(id)
+        })
+        .collect())
 }
 
 /// Reads an image's record.
@@ -301,13 +362,20 @@ pub async fn image(store: &Store, id: &ImageId) -> Result<ImageRecord> {
         name: name.clone(),
         reason,
     };
-    let (json, _) = store
+    let opened = store
         .keys()
-        .open(ObjectKind::Image, name.as_bytes(), &sealed)
+        .open_with_clear(ObjectKind::Image, name.as_bytes(), &sealed)
         .map_err(|e| corrupt(e.to_string()))?;
-    let record: ImageRecord = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+    let record: ImageRecord =
+        serde_json::from_slice(&opened.payload).map_err(|e| corrupt(e.to_string()))?;
     if record.id != *id {
         return Err(corrupt(format!("it names itself {}", record.id)));
+    }
+    let listed = decode_snapshot_list(&opened.clear).map_err(&corrupt)?;
+    if listed.iter().ne(record.devices.iter().map(|d| &d.snapshot)) {
+        return Err(corrupt(
+            "the snapshots in its clear part differ from its devices'".to_owned(),
+        ));
     }
     Ok(record)
 }

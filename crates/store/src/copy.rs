@@ -110,6 +110,11 @@ impl Endpoint {
         &self.raw
     }
 
+    /// The store opened with its key, when it was.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
     fn name(&self) -> String {
         self.raw.location().to_string()
     }

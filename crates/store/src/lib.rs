@@ -56,7 +56,7 @@ mod writer;
 
 pub use catalog::{
     Architecture, BootMode, Device, ImageId, ImageRecord, NewImage, deregister_image,
-    family_images, image, images, promote, register_image, resolve_image, update_image,
+    family_images, image, images, promote, put_image, register_image, resolve_image, update_image,
     validate_label,
 };
 pub use check::{CheckOptions, CheckReport, Problem, check};
@@ -76,7 +76,7 @@ pub use location::Location;
 pub use object_sink::ObjectUpload;
 pub use object_source::{ObjectResolver, ObjectSource, open_object, open_object_url};
 pub use progress::{NoProgress, Progress};
-pub use raw::{RawStore, record_segments, segment_of};
+pub use raw::{RawStore, image_snapshots, record_segments, segment_of};
 pub use reader::{ChangedBlock, SnapshotReader, diff};
 pub use resilient::{
     AttemptCounts, RETRY_BASE_DELAY, RETRY_MAX_ATTEMPTS, RETRY_MAX_DELAY, RETRY_MAX_ELAPSED,

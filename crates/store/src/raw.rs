@@ -205,6 +205,18 @@ impl RawStore {
         }
     }
 
+    /// The sealed record of an image.
+    pub async fn image_envelope(&self, id: &crate::ImageId) -> Result<Bytes> {
+        self.get(&Path::from(format!("images/{id}")))
+            .await?
+            .ok_or_else(|| StoreError::ImageNotFound { id: id.to_string() })
+    }
+
+    /// Stores a sealed image record as it is; call it once the image's snapshots are here.
+    pub async fn put_image_envelope(&self, id: &crate::ImageId, sealed: Bytes) -> Result<()> {
+        self.put(&Path::from(format!("images/{id}")), sealed).await
+    }
+
     /// Every object under `prefix`.
     pub(crate) async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
         self.objects
@@ -255,6 +267,17 @@ pub fn record_segments(id: &SnapshotId, sealed: &[u8]) -> Result<Vec<ObjectId>> 
         ));
     }
     decode_references(envelope.clear).map_err(corrupt)
+}
+
+/// The snapshots a sealed image record lists in its clear part, read without a key.
+pub fn image_snapshots(id: &crate::ImageId, sealed: &[u8]) -> Result<Vec<SnapshotId>> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: "image record",
+        name: id.to_string(),
+        reason,
+    };
+    let envelope = Envelope::parse(sealed).map_err(|e| corrupt(e.to_string()))?;
+    crate::catalog::decode_snapshot_list(envelope.clear).map_err(corrupt)
 }
 
 /// The segment in a sealed segment's clear part, read without a key.

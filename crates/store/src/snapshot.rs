@@ -38,6 +38,16 @@ impl SnapshotId {
         Self(ulid::Ulid::new().0)
     }
 
+    /// The id's 16 bytes, big-endian.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// The id with these 16 bytes, big-endian.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(u128::from_be_bytes(bytes))
+    }
+
     /// When the id was made.
     pub fn created(&self) -> DateTime<Utc> {
         let millis = i64::try_from(ulid::Ulid(self.0).timestamp_ms()).unwrap_or(i64::MAX);

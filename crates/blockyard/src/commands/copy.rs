@@ -8,11 +8,12 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use blockyard_store::{
-    CopyMode, CopyOptions, CopyProgress, DestinationReport, Endpoint, Location, RawStore, Store,
-    copy_snapshot,
+    CopyMode, CopyOptions, CopyProgress, DestinationReport, Endpoint, ImageId, Location, RawStore,
+    SnapshotId, Store, copy_snapshot, image, image_snapshots, put_image, resolve_image,
 };
+use bytes::Bytes;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -26,13 +27,25 @@ use crate::units::bytes;
 #[serde(untagged)]
 enum Outcome {
     Copied(DestinationReport),
-    Unreachable { store: String, error: String },
+    Image {
+        store: String,
+        /// The image record is at the destination: every snapshot landed first.
+        image_copied: bool,
+        /// One report per snapshot of the image, in device order.
+        snapshots: Vec<DestinationReport>,
+        error: Option<String>,
+    },
+    Unreachable {
+        store: String,
+        error: String,
+    },
 }
 
 impl Outcome {
     fn error(&self) -> Option<&str> {
         match self {
             Self::Copied(report) => report.error.as_deref(),
+            Self::Image { error, .. } => error.as_deref(),
             Self::Unreachable { error, .. } => Some(error),
         }
     }
@@ -40,7 +53,55 @@ impl Outcome {
     fn store(&self) -> &str {
         match self {
             Self::Copied(report) => &report.store,
-            Self::Unreachable { store, .. } => store,
+            Self::Image { store, .. } | Self::Unreachable { store, .. } => store,
+        }
+    }
+}
+
+/// What a copy moves: one snapshot, or an image's snapshots and then its record.
+enum Target {
+    Snapshot(SnapshotId),
+    Image {
+        id: ImageId,
+        /// The source's sealed image record, moved verbatim within a key domain.
+        envelope: Bytes,
+        snapshots: Vec<SnapshotId>,
+    },
+}
+
+impl Target {
+    /// Resolves what the command line names. An `img-` id needs no key (the record lists its
+    /// snapshots in the clear); `FAMILY@latest` reads records, so it needs the source's key.
+    async fn resolve(text: &str, choice: &StoreChoice, raw: &RawStore) -> Result<Self> {
+        if text.starts_with("snap-") {
+            let id = super::snapshot_id(text)?;
+            if !raw.has_snapshot(&id).await? {
+                bail!("{} has no snapshot {id}", choice.location);
+            }
+            return Ok(Self::Snapshot(id));
+        }
+        let id = match text.parse::<ImageId>() {
+            Ok(id) => id,
+            Err(_) => {
+                let store = super::open(choice).await.with_context(|| {
+                    format!("{text} is resolved from image records, which need the source's key")
+                })?;
+                resolve_image(&store, text).await?.id
+            }
+        };
+        let envelope = raw.image_envelope(&id).await?;
+        let snapshots = image_snapshots(&id, &envelope)?;
+        Ok(Self::Image {
+            id,
+            envelope,
+            snapshots,
+        })
+    }
+
+    fn snapshots(&self) -> Vec<SnapshotId> {
+        match self {
+            Self::Snapshot(id) => vec![*id],
+            Self::Image { snapshots, .. } => snapshots.clone(),
         }
     }
 }
@@ -51,12 +112,9 @@ pub(crate) async fn run(
     global: &Global,
     out: Output,
 ) -> Result<()> {
-    let id = super::snapshot_id(&args.snapshot)?;
     let source_choice = config.choose(global, args.from.as_deref())?;
     let source_raw = RawStore::open(&source_choice.location).await?;
-    if !source_raw.has_snapshot(&id).await? {
-        bail!("{} has no snapshot {id}", source_choice.location);
-    }
+    let target = Target::resolve(&args.snapshot, &source_choice, &source_raw).await?;
 
     // Open every destination without keys; one that cannot be reached is reported, and the
     // others still receive the copy.
@@ -92,18 +150,50 @@ pub(crate) async fn run(
         concurrency: args.concurrency,
         bandwidth: args.bandwidth,
     };
-    let bars = Arc::new(Bars::new(&endpoints, out));
-    let progress: Arc<dyn CopyProgress> = Arc::clone(&bars) as Arc<dyn CopyProgress>;
-    let reports = copy_snapshot(&source, &id, &endpoints, &options, progress).await?;
-    bars.clear();
-    for (slot, report) in slots.into_iter().zip(reports) {
-        outcomes[slot] = Some(Outcome::Copied(report));
+    // Snapshots one after another, each to every destination at once.
+    let mut per_destination: Vec<Vec<DestinationReport>> = vec![Vec::new(); endpoints.len()];
+    for id in target.snapshots() {
+        let bars = Arc::new(Bars::new(&endpoints, out));
+        let progress: Arc<dyn CopyProgress> = Arc::clone(&bars) as Arc<dyn CopyProgress>;
+        let reports = copy_snapshot(&source, &id, &endpoints, &options, progress).await?;
+        bars.clear();
+        for (all, report) in per_destination.iter_mut().zip(reports) {
+            all.push(report);
+        }
+    }
+
+    for ((slot, endpoint), mut reports) in slots.into_iter().zip(&endpoints).zip(per_destination) {
+        outcomes[slot] = Some(match &target {
+            Target::Snapshot(_) => Outcome::Copied(reports.remove(0)),
+            Target::Image { id, envelope, .. } => {
+                let store = endpoint.raw().location().to_string();
+                let failed = reports.iter().find_map(|r| r.error.clone());
+                let error = match failed {
+                    Some(error) => Some(error),
+                    None => copy_image_record(&source, endpoint, id, envelope)
+                        .await
+                        .err()
+                        .map(|e| format!("the snapshots landed, the image record did not: {e:#}")),
+                };
+                Outcome::Image {
+                    store,
+                    image_copied: error.is_none(),
+                    snapshots: reports,
+                    error,
+                }
+            }
+        });
     }
     let outcomes: Vec<Outcome> = outcomes.into_iter().flatten().collect();
 
+    let (what, name) = match &target {
+        Target::Snapshot(id) => ("snapshot", id.to_string()),
+        Target::Image { id, .. } => ("image", id.to_string()),
+    };
     out.emit(
         &serde_json::json!({
-            "snapshot": id.to_string(),
+            what: name,
+            "snapshots": target.snapshots().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "source": source_choice.location.to_string(),
             "destinations": &outcomes,
         }),
@@ -178,6 +268,29 @@ async fn open_destination(
     Ok(Endpoint::with_keys(store))
 }
 
+/// Stores an image's record at a destination that holds all its snapshots: the sealed
+/// bytes as they are within a key domain, else the record sealed again with its keys.
+async fn copy_image_record(
+    source: &Endpoint,
+    destination: &Endpoint,
+    id: &ImageId,
+    envelope: &Bytes,
+) -> Result<()> {
+    if CopyMode::between(source.raw(), destination.raw()) == CopyMode::Verbatim {
+        destination
+            .raw()
+            .put_image_envelope(id, envelope.clone())
+            .await?;
+        return Ok(());
+    }
+    let (Some(from), Some(to)) = (source.store(), destination.store()) else {
+        bail!("a copy into another key domain needs the keys of both stores");
+    };
+    let record = image(from, id).await?;
+    put_image(to, &record).await?;
+    Ok(())
+}
+
 /// Whether two locations name the same store, comparing local folders by their real path.
 fn same_location(a: &Location, b: &Location) -> bool {
     match (a.local_path(), b.local_path()) {
@@ -194,6 +307,23 @@ fn same_location(a: &Location, b: &Location) -> bool {
 fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Unreachable { store, error } => format!("{store}: failed: {error}"),
+        Outcome::Image {
+            store,
+            snapshots,
+            error,
+            ..
+        } => {
+            let blocks: u64 = snapshots.iter().map(|r| r.blocks_copied).sum();
+            let moved: u64 = snapshots.iter().map(|r| r.bytes_moved).sum();
+            match error {
+                Some(error) => format!("{store}: failed: {error}"),
+                None => format!(
+                    "{store}: image and {} snapshots, {blocks} blocks copied, {} moved",
+                    snapshots.len(),
+                    bytes(moved)
+                ),
+            }
+        }
         Outcome::Copied(report) => {
             let what = if report.already_present {
                 "already held the snapshot".to_owned()
