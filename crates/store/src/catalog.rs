@@ -442,11 +442,13 @@ pub async fn promote(store: &Store, id: &ImageId) -> Result<String> {
 }
 
 /// The images of `family` as promoted, newest promotion first, each once, skipping images
-/// deregistered or deprecated at `now`. One listing of the store.
+/// deregistered or deprecated at `now`; at most `limit` of them. One listing of the store,
+/// then one read per image record until `limit` are found.
 pub async fn family_images(
     store: &Store,
     family: &str,
     now: DateTime<Utc>,
+    limit: usize,
 ) -> Result<Vec<ImageRecord>> {
     validate_label("family", family, true)?;
     let mut refs = store.raw().list(&refs_prefix(family)).await?;
@@ -456,6 +458,9 @@ pub async fn family_images(
     let mut seen = HashSet::new();
     let mut found = Vec::new();
     for meta in refs {
+        if found.len() >= limit {
+            break;
+        }
         let Some(id) = meta
             .location
             .filename()
@@ -499,7 +504,7 @@ pub async fn resolve_image(store: &Store, reference: &str) -> Result<ImageRecord
             }
         },
     };
-    let found = family_images(store, family, Utc::now()).await?;
+    let found = family_images(store, family, Utc::now(), n).await?;
     let count = found.len();
     found.into_iter().nth(n - 1).ok_or_else(|| {
         StoreError::InvalidArgument(format!(

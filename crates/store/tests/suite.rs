@@ -30,6 +30,8 @@ use tempfile::TempDir;
 
 // The cases live in `suite/`; `#[path]` keeps them out of Cargo's sight, which would
 // otherwise build every file directly under `tests/` as a test binary of its own.
+#[path = "suite/catalog.rs"]
+mod catalog;
 #[path = "suite/damage.rs"]
 mod damage;
 #[path = "suite/faults.rs"]
@@ -48,6 +50,7 @@ mod stores;
 mod support;
 
 // `backend_tests!` reaches every case through these imports.
+use catalog::*;
 use damage::*;
 use faults::*;
 use images::*;
@@ -219,6 +222,9 @@ macro_rules! backend_tests {
     ($backend:ident) => {
         mod $backend {
             backend_tests!(@cases $backend:
+                // catalog.rs
+                family_latest_resolves_with_one_listing_and_follows_promotions,
+
                 // stores.rs
                 init_then_open_gives_the_same_block_size_and_key_domain,
                 init_on_an_existing_store_fails_with_already_exists_and_changes_nothing,
