@@ -115,13 +115,7 @@ impl RawStore {
 
     /// The ids of every committed snapshot, oldest first.
     pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
-        let prefix = layout::snapshots();
-        let metas: Vec<_> = self
-            .objects
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(StoreError::backend("list", &prefix))?;
+        let metas = self.list(&layout::snapshots()).await?;
         let mut ids: Vec<SnapshotId> = metas
             .iter()
             .filter_map(|m| m.location.filename()?.parse().ok())

@@ -578,20 +578,7 @@ impl Store {
 
     /// The ids of every committed snapshot, oldest first.
     pub async fn snapshot_ids(&self) -> Result<Vec<SnapshotId>> {
-        let prefix = layout::snapshots();
-        let metas: Vec<_> = self
-            .inner
-            .objects
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(StoreError::backend("list", &prefix))?;
-        let mut ids: Vec<SnapshotId> = metas
-            .iter()
-            .filter_map(|m| m.location.filename()?.parse().ok())
-            .collect();
-        ids.sort();
-        Ok(ids)
+        self.raw().snapshot_ids().await
     }
 
     /// Every committed snapshot's record, oldest first.
@@ -663,14 +650,7 @@ impl Store {
 
     /// The names of the store's key slots, sorted. An unencrypted store has none.
     pub async fn key_slots(&self) -> Result<Vec<String>> {
-        let prefix = layout::slots();
-        let metas: Vec<_> = self
-            .inner
-            .objects
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(StoreError::backend("list", &prefix))?;
+        let metas = self.raw().list(&layout::slots()).await?;
         let mut names: Vec<String> = metas
             .iter()
             .filter_map(|m| m.location.filename().map(str::to_owned))
