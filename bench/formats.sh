@@ -70,6 +70,7 @@ mkdir -p "$run/logs" "$run/in" "$work/results"
 BENCH_LOGS=$run/logs
 key=$run/master.key
 head -c 32 /dev/urandom >"$key"
+chmod 600 "$key"
 
 # make_overlay BASE NEW OUT: a qcow2 overlay on BASE holding exactly the 64 KiB clusters
 # in which NEW differs from BASE, written with qemu-io as a VM's writes would land.
