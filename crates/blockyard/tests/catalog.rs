@@ -69,6 +69,9 @@ fn a_protected_image_cannot_be_deregistered_until_unprotected() {
     let refused = fx.fails(&["image", "deregister", &image]);
     assert!(refused.contains("protected"), "{refused}");
 
+    let refused = fx.fails(&["snapshot", "delete", &snap1]);
+    assert!(refused.contains("deregister the image first"), "{refused}");
+
     fx.json(&["image", "unprotect", &image]);
     fx.json(&["image", "deregister", &image]);
     let gone = fx.fails(&["image", "show", &image]);

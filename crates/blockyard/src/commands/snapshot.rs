@@ -147,6 +147,19 @@ pub(crate) async fn run(
         }
         SnapshotCommand::Delete { snapshot } => {
             let id = snapshot_id(snapshot)?;
+            // An image is only as whole as its snapshots: one in use stays.
+            let users: Vec<String> = blockyard_store::images(store)
+                .await?
+                .iter()
+                .filter(|image| image.devices.iter().any(|d| d.snapshot == id))
+                .map(|image| image.id.to_string())
+                .collect();
+            if !users.is_empty() {
+                anyhow::bail!(
+                    "snapshot {id} is a disk of image {}; deregister the image first",
+                    users.join(", ")
+                );
+            }
             store.delete_snapshot(&id).await?;
             out.emit(&json!({ "deleted": id.to_string() }), || {
                 format!(
