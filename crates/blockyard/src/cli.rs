@@ -90,6 +90,26 @@ pub(crate) enum Command {
     /// Register machine images from snapshots, find them by family, and manage them.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Deleted snapshots and deregistered images: list, restore, purge.
+    #[command(subcommand)]
+    Recycle(RecycleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RecycleCommand {
+    /// What the recycle bin holds, oldest deletion first.
+    List,
+    /// Bring a snapshot or image back.
+    Restore {
+        /// The snapshot or image id.
+        id: String,
+    },
+    /// Remove for good what was deleted at least WINDOW ago, by the store's clock.
+    Purge {
+        /// How long deleted items stay: 7d, 12h, 30m, 0s.
+        #[arg(long, default_value = "7d", value_parser = crate::units::parse_duration)]
+        older_than: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,6 +39,29 @@ pub(crate) fn parse_rate(input: &str) -> Result<u64, String> {
     }
 }
 
+/// Parses a duration: a number with s, m, h or d (30m, 12h, 7d).
+pub(crate) fn parse_duration(input: &str) -> Result<std::time::Duration, String> {
+    let text = input.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{input:?} is not a duration such as 30m, 12h or 7d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{input:?} needs a unit: s, m, h or d")),
+    };
+    number
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{input:?} is too long"))
+}
+
 /// Parses a point in time: RFC 3339, or `now`.
 pub(crate) fn parse_time(input: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if input == "now" {
@@ -108,6 +131,18 @@ mod tests {
         assert_eq!(parse_rate("1G/s"), Ok(1 << 30));
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("fast").is_err());
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(
+            parse_duration("7d"),
+            Ok(std::time::Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(parse_duration("0s"), Ok(std::time::Duration::ZERO));
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("7w").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 
     #[test]

@@ -204,3 +204,51 @@ fn an_import_registers_its_image_and_family_latest_names_it_everywhere() {
     let refused = fx.fails(&["snapshot", "show", &format!("{image}:nvme9")]);
     assert!(refused.contains("no device nvme9"), "{refused}");
 }
+
+#[test]
+fn deleted_snapshots_and_images_wait_in_the_recycle_bin_until_purged() {
+    let fx = Fixture::new();
+    let (snap1, _) = two_snapshots(&fx);
+    let image = register(&fx, "base", "base", &snap1);
+
+    fx.json(&["image", "deregister", &image]);
+    fx.fails(&["image", "show", &image]);
+    let bin = fx.json(&["recycle", "list"]);
+    assert_eq!(bin["recycled"][0]["id"], image.as_str(), "{bin}");
+    fx.json(&["recycle", "restore", &image]);
+    assert_eq!(id_of(&fx.json(&["image", "show", &image])), image);
+
+    fx.json(&["image", "deregister", &image]);
+    fx.json(&["snapshot", "delete", &snap1]);
+    fx.fails(&["snapshot", "show", &snap1]);
+    assert_eq!(
+        fx.json(&["recycle", "list"])["recycled"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    // Within the window nothing is purged, and a snapshot comes back whole.
+    let purged = fx.json(&["recycle", "purge"]);
+    assert_eq!(
+        purged["purged"].as_array().map(Vec::len),
+        Some(0),
+        "{purged}"
+    );
+    fx.json(&["recycle", "restore", &snap1]);
+    fx.ok(&["check", "--read-data"]);
+    let out = fx.path("back.img");
+    fx.ok(&["restore", &snap1, out.to_str().expect("utf-8")]);
+    assert!(std::fs::read(&out).expect("restored") == std::fs::read(fx.path("a.img")).expect("a"));
+
+    fx.json(&["snapshot", "delete", &snap1]);
+    let purged = fx.json(&["recycle", "purge", "--older-than", "0s"]);
+    assert_eq!(
+        purged["purged"].as_array().map(Vec::len),
+        Some(2),
+        "{purged}"
+    );
+    let refused = fx.fails(&["recycle", "restore", &snap1]);
+    assert!(refused.contains("not in the recycle bin"), "{refused}");
+    fx.ok(&["check"]);
+}

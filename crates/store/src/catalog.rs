@@ -409,7 +409,8 @@ pub async fn update_image(
     Ok(record)
 }
 
-/// Deregisters an image: its record goes, its snapshots stay. A protected image is refused.
+/// Deregisters an image: its record goes to the recycle bin, its snapshots stay. A
+/// protected image is refused.
 pub async fn deregister_image(store: &Store, id: &ImageId) -> Result<ImageRecord> {
     let record = image(store, id).await?;
     if record.protected {
@@ -417,7 +418,7 @@ pub async fn deregister_image(store: &Store, id: &ImageId) -> Result<ImageRecord
             "image {id} is protected; `image unprotect` it first"
         )));
     }
-    store.raw().delete(&image_path(id)).await?;
+    crate::recycle::recycle(store, &id.to_string()).await?;
     Ok(record)
 }
 

@@ -47,6 +47,7 @@ mod object_source;
 mod progress;
 mod raw;
 mod reader;
+mod recycle;
 mod resilient;
 mod restore;
 mod segment;
@@ -78,6 +79,9 @@ pub use object_source::{ObjectResolver, ObjectSource, open_object, open_object_u
 pub use progress::{NoProgress, Progress};
 pub use raw::{RawStore, image_snapshots, record_segments, segment_of};
 pub use reader::{ChangedBlock, SnapshotReader, diff};
+pub use recycle::{
+    Recycled, RecycledKind, purge_recycled, recycle, recycle_bin, restore_recycled, store_time,
+};
 pub use resilient::{
     AttemptCounts, RETRY_BASE_DELAY, RETRY_MAX_ATTEMPTS, RETRY_MAX_DELAY, RETRY_MAX_ELAPSED,
     RequestCounts, ResilientStore, RetryPolicy,

@@ -211,6 +211,15 @@ impl RawStore {
         self.put(&Path::from(format!("images/{id}")), sealed).await
     }
 
+    /// When the store says an object was last written.
+    pub(crate) async fn last_modified(&self, path: &Path) -> Result<chrono::DateTime<chrono::Utc>> {
+        self.objects
+            .head(path)
+            .await
+            .map(|meta| meta.last_modified)
+            .map_err(StoreError::backend("read", path))
+    }
+
     /// Every object under `prefix`.
     pub(crate) async fn list(&self, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>> {
         self.objects

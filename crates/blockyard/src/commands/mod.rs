@@ -6,6 +6,7 @@ mod export;
 mod image;
 mod import;
 mod key;
+mod recycle;
 mod restore;
 mod snapshot;
 mod store;
@@ -50,6 +51,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Image(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             image::run(command, &store, out).await
+        }
+        Command::Recycle(command) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            recycle::run(command, &store, out).await
         }
         Command::Key(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;

@@ -160,12 +160,15 @@ pub(crate) async fn run(
                     users.join(", ")
                 );
             }
-            store.delete_snapshot(&id).await?;
-            out.emit(&json!({ "deleted": id.to_string() }), || {
-                format!(
-                    "deleted {id}; blocks no other snapshot uses are freed by garbage collection"
-                )
-            })?;
+            blockyard_store::recycle(store, &id.to_string()).await?;
+            out.emit(
+                &json!({ "deleted": id.to_string(), "recycled": true }),
+                || {
+                    format!(
+                        "deleted {id} into the recycle bin (`recycle restore {id}` brings it back)"
+                    )
+                },
+            )?;
             Ok(())
         }
     }
