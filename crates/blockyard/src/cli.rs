@@ -93,6 +93,25 @@ pub(crate) enum Command {
     /// Deleted snapshots and deregistered images: list, restore, purge.
     #[command(subcommand)]
     Recycle(RecycleCommand),
+    /// Deregister a family's old images and delete the snapshots no image uses (into the
+    /// recycle bin); never a protected image, never the family's latest.
+    Retain(RetainArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RetainArgs {
+    /// The family.
+    #[arg(long)]
+    pub(crate) family: String,
+    /// Keep this many of the newest images.
+    #[arg(long, value_name = "N")]
+    pub(crate) keep_last: usize,
+    /// Also keep images registered within this long: 7d, 12h.
+    #[arg(long, value_name = "DUR", value_parser = crate::units::parse_duration)]
+    pub(crate) keep_within: Option<std::time::Duration>,
+    /// Say what would go, and deregister and delete nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -252,3 +252,79 @@ fn deleted_snapshots_and_images_wait_in_the_recycle_bin_until_purged() {
     assert!(refused.contains("not in the recycle bin"), "{refused}");
     fx.ok(&["check"]);
 }
+
+#[test]
+fn retention_keeps_the_newest_the_protected_and_the_latest_and_bins_the_rest() {
+    let fx = Fixture::new();
+    fx.init();
+    let mut snaps = Vec::new();
+    for n in 0..5u8 {
+        let image = fx.qemu_raw_image(&format!("n{n}.img"), 1 << 20, &[(0, vec![n + 1; 4096])]);
+        snaps.push(fx.snapshot_id(&image));
+    }
+    // Five nights; night 4 shares night 3's snapshot.
+    let mut images = Vec::new();
+    for (n, snap) in [&snaps[0], &snaps[1], &snaps[2], &snaps[3], &snaps[3]]
+        .iter()
+        .enumerate()
+    {
+        images.push(register(&fx, &format!("night-{n}"), "ci", snap));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    fx.json(&["image", "protect", &images[0]]);
+    fx.json(&["image", "promote", &images[1]]);
+
+    let planned = fx.json(&["retain", "--family", "ci", "--keep-last", "1", "--dry-run"]);
+    assert_eq!(
+        planned["deregistered"].as_array().map(Vec::len),
+        Some(2),
+        "{planned}"
+    );
+    assert_eq!(
+        fx.json(&["image", "list"])["images"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+
+    let done = fx.json(&["retain", "--family", "ci", "--keep-last", "1"]);
+
+    // Kept: the newest (4), the protected (0) and the latest (1). Gone: 2 and 3. Night 3's
+    // snapshot stays because night 4 uses it; night 2's goes.
+    let mut gone: Vec<&str> = done["deregistered"]
+        .as_array()
+        .expect("deregistered")
+        .iter()
+        .map(|v| v.as_str().expect("id"))
+        .collect();
+    gone.sort_unstable();
+    let mut expected = vec![images[2].as_str(), images[3].as_str()];
+    expected.sort_unstable();
+    assert_eq!(gone, expected, "{done}");
+    assert_eq!(
+        done["snapshots_deleted"],
+        serde_json::json!([snaps[2]]),
+        "{done}"
+    );
+    fx.fails(&["snapshot", "show", &snaps[2]]);
+    fx.json(&["snapshot", "show", &snaps[3]]);
+    assert_eq!(id_of(&fx.json(&["image", "show", "ci@latest"])), images[1]);
+    let bin = fx.json(&["recycle", "list"]);
+    assert_eq!(bin["recycled"].as_array().map(Vec::len), Some(3), "{bin}");
+
+    // Everything is kept while it is young enough.
+    let young = fx.json(&[
+        "retain",
+        "--family",
+        "ci",
+        "--keep-last",
+        "0",
+        "--keep-within",
+        "1h",
+    ]);
+    assert_eq!(
+        young["deregistered"].as_array().map(Vec::len),
+        Some(0),
+        "{young}"
+    );
+}

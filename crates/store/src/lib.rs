@@ -50,6 +50,7 @@ mod reader;
 mod recycle;
 mod resilient;
 mod restore;
+mod retention;
 mod segment;
 mod snapshot;
 mod store;
@@ -87,6 +88,7 @@ pub use resilient::{
     RequestCounts, ResilientStore, RetryPolicy,
 };
 pub use restore::{RestoreOptions, RestoreSummary, restore};
+pub use retention::{RetentionPolicy, RetentionReport, retain};
 pub use segment::Segment;
 pub use snapshot::{BlockCounts, SnapshotId, SnapshotRecord, WriteStats, record_references};
 pub use store::{InitOptions, Store};

@@ -52,6 +52,31 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let store = open(&config.choose(&cli.global, None)?).await?;
             image::run(command, &store, out).await
         }
+        Command::Retain(args) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            let policy = blockyard_store::RetentionPolicy {
+                keep_last: args.keep_last,
+                keep_within: args.keep_within,
+                dry_run: args.dry_run,
+            };
+            let report = blockyard_store::retain(&store, &args.family, policy).await?;
+            let verb = if report.dry_run {
+                "would deregister"
+            } else {
+                "deregistered"
+            };
+            out.emit(&report, || {
+                format!(
+                    "kept {} image(s) of {}; {verb} {} and deleted {} snapshot(s) no image \
+                     uses (into the recycle bin)",
+                    report.kept.len(),
+                    args.family,
+                    report.deregistered.len(),
+                    report.snapshots_deleted.len()
+                )
+            })?;
+            Ok(())
+        }
         Command::Recycle(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             recycle::run(command, &store, out).await
