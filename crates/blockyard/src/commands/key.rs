@@ -37,8 +37,10 @@ pub(crate) async fn run(command: &KeyCommand, store: &Store, out: Output) -> Res
             )?;
         }
         KeyCommand::Add(new) => {
-            let key = master_key(&new.to_key_args())?
-                .context("give the new master key with --new-key-file, --new-passphrase-env or --new-key-command")?;
+            let key = master_key(&new.to_key_args())?.context(
+                "give the new master key with --new-key-file, --new-passphrase-env or \
+                 --new-key-command",
+            )?;
             let slot = store.add_key_slot(&key).await?;
             out.emit(&json!({"store": location, "added": slot}), || {
                 format!("added key slot {slot} to {location}")
