@@ -63,3 +63,19 @@ impl LocalSync {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+/// The sync handle of a local store's folder; `None` for other backends, which make each
+/// write durable on return.
+pub(crate) fn local_sync(
+    location: &crate::Location,
+) -> crate::error::Result<Option<Arc<LocalSync>>> {
+    let Some(path) = location.local_path() else {
+        return Ok(None);
+    };
+    let sync = LocalSync::open(path).map_err(|source| crate::error::StoreError::Io {
+        op: "open",
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Some(Arc::new(sync)))
+}

@@ -49,16 +49,7 @@ impl RawStore {
     pub async fn open_on(objects: Arc<dyn ObjectStore>, location: Location) -> Result<Self> {
         let (objects, requests) = resilient(objects);
         let config = read_config(&objects, &location).await?;
-        let local_sync = match location.local_path() {
-            Some(path) => Some(Arc::new(LocalSync::open(path).map_err(|source| {
-                StoreError::Io {
-                    op: "open",
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?)),
-            None => None,
-        };
+        let local_sync = crate::durability::local_sync(&location)?;
         Ok(Self::from_parts(
             objects,
             requests,

@@ -80,16 +80,7 @@ impl Inner {
         config: StoreConfig,
         keys: KeyDomain,
     ) -> Result<Arc<Self>> {
-        let local_sync = match location.local_path() {
-            Some(path) => Some(Arc::new(LocalSync::open(path).map_err(|source| {
-                StoreError::Io {
-                    op: "open",
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?)),
-            None => None,
-        };
+        let local_sync = crate::durability::local_sync(&location)?;
         Ok(Arc::new(Self {
             objects,
             requests,
