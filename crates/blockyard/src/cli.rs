@@ -208,11 +208,11 @@ pub(crate) struct RegisterArgs {
           value_parser = crate::units::parse_tag)]
     pub(crate) snapshots: Vec<(String, String)>,
     /// The architecture: x86_64 or aarch64.
-    #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "aarch64"])]
-    pub(crate) arch: String,
+    #[arg(long, default_value = "x86_64", value_parser = crate::units::parse_architecture)]
+    pub(crate) arch: blockyard_store::Architecture,
     /// The boot mode: uefi or bios.
-    #[arg(long, default_value = "uefi", value_parser = ["uefi", "bios"])]
-    pub(crate) boot_mode: String,
+    #[arg(long, default_value = "uefi", value_parser = crate::units::parse_boot_mode)]
+    pub(crate) boot_mode: blockyard_store::BootMode,
     /// Free text.
     #[arg(long, default_value = "")]
     pub(crate) description: String,
@@ -444,11 +444,11 @@ pub(crate) struct ImportArgs {
     #[arg(long, value_name = "SNAP")]
     pub(crate) backing_snapshot: Option<String>,
     /// The architecture the image boots on: x86_64 or aarch64.
-    #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "aarch64"])]
-    pub(crate) arch: String,
+    #[arg(long, default_value = "x86_64", value_parser = crate::units::parse_architecture)]
+    pub(crate) arch: blockyard_store::Architecture,
     /// How the image boots: uefi or bios.
-    #[arg(long, default_value = "uefi", value_parser = ["uefi", "bios"])]
-    pub(crate) boot_mode: String,
+    #[arg(long, default_value = "uefi", value_parser = crate::units::parse_boot_mode)]
+    pub(crate) boot_mode: blockyard_store::BootMode,
     /// Free text stored with each snapshot.
     #[arg(long, default_value = "")]
     pub(crate) description: String,

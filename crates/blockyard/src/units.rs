@@ -72,6 +72,20 @@ pub(crate) fn parse_time(input: &str) -> Result<chrono::DateTime<chrono::Utc>, S
         .map_err(|e| format!("{input:?} is not a time as 2026-12-24T00:00:00Z or now: {e}"))
 }
 
+/// Parses an architecture: x86_64 or aarch64.
+pub(crate) fn parse_architecture(input: &str) -> Result<blockyard_store::Architecture, String> {
+    input
+        .parse()
+        .map_err(|e: blockyard_store::StoreError| e.to_string())
+}
+
+/// Parses a boot mode: uefi or bios.
+pub(crate) fn parse_boot_mode(input: &str) -> Result<blockyard_store::BootMode, String> {
+    input
+        .parse()
+        .map_err(|e: blockyard_store::StoreError| e.to_string())
+}
+
 /// Parses a `key=value` tag.
 pub(crate) fn parse_tag(input: &str) -> Result<(String, String), String> {
     match input.split_once('=') {

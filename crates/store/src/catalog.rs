@@ -120,6 +120,34 @@ pub enum BootMode {
     Bios,
 }
 
+impl FromStr for Architecture {
+    type Err = StoreError;
+
+    fn from_str(input: &str) -> Result<Self> {
+        match input {
+            "x86_64" => Ok(Self::X86_64),
+            "aarch64" => Ok(Self::Aarch64),
+            _ => Err(StoreError::InvalidArgument(format!(
+                "architecture {input:?} is not x86_64 or aarch64"
+            ))),
+        }
+    }
+}
+
+impl FromStr for BootMode {
+    type Err = StoreError;
+
+    fn from_str(input: &str) -> Result<Self> {
+        match input {
+            "uefi" => Ok(Self::Uefi),
+            "bios" => Ok(Self::Bios),
+            _ => Err(StoreError::InvalidArgument(format!(
+                "boot mode {input:?} is not uefi or bios"
+            ))),
+        }
+    }
+}
+
 /// One disk of an image: the device it is attached as, and its snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {

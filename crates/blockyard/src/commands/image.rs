@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 use blockyard_store::{
-    Architecture, BootMode, Device, ImageRecord, NewImage, Store, deregister_image, images,
-    promote, register_image, resolve_image, update_image, validate_label,
+    Device, ImageRecord, NewImage, Store, deregister_image, images, promote, register_image,
+    resolve_image, update_image, validate_label,
 };
 use serde_json::json;
 
@@ -121,14 +121,8 @@ fn new_image(args: &RegisterArgs) -> Result<NewImage> {
         name: args.name.clone(),
         family: args.family.clone(),
         devices,
-        architecture: match args.arch.as_str() {
-            "aarch64" => Architecture::Aarch64,
-            _ => Architecture::X86_64,
-        },
-        boot_mode: match args.boot_mode.as_str() {
-            "bios" => BootMode::Bios,
-            _ => BootMode::Uefi,
-        },
+        architecture: args.arch,
+        boot_mode: args.boot_mode,
         description: args.description.clone(),
         tags: args.tags.iter().cloned().collect(),
     })

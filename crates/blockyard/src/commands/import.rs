@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use blockyard_store::{
-    Architecture, BootMode, CreateOptions, Device, NewImage, SnapshotReader, Store,
-    create_snapshot, register_image,
+    CreateOptions, Device, NewImage, SnapshotReader, Store, create_snapshot, register_image,
 };
 use serde_json::json;
 
@@ -94,14 +93,8 @@ pub(crate) async fn run(
             name: args.name.clone(),
             family: args.family.clone(),
             devices,
-            architecture: match args.arch.as_str() {
-                "aarch64" => Architecture::Aarch64,
-                _ => Architecture::X86_64,
-            },
-            boot_mode: match args.boot_mode.as_str() {
-                "bios" => BootMode::Bios,
-                _ => BootMode::Uefi,
-            },
+            architecture: args.arch,
+            boot_mode: args.boot_mode,
             description: args.description.clone(),
             tags: args.tags.iter().cloned().collect(),
         },
