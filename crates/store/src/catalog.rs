@@ -166,7 +166,7 @@ pub struct ImageRecord {
     pub name: String,
     /// The family it belongs to, if any.
     pub family: Option<String>,
-    /// When it was registered.
+    /// When it was registered, by the store's clock.
     pub created: DateTime<Utc>,
     /// Its disks, in boot order.
     pub devices: Vec<Device>,
@@ -292,7 +292,8 @@ pub async fn register_image(store: &Store, new: NewImage) -> Result<ImageRecord>
         id: ImageId::generate(),
         name: new.name,
         family: new.family,
-        created: Utc::now(),
+        // The store's clock, which retention's --keep-within is judged by.
+        created: crate::recycle::store_time(store).await?,
         devices: new.devices,
         architecture: new.architecture,
         boot_mode: new.boot_mode,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::catalog::{ImageId, images, resolve_image};
+use crate::catalog::{ImageId, family_images, images};
 use crate::error::{Result, StoreError};
 use crate::recycle::{recycle, store_time};
 use crate::snapshot::SnapshotId;
@@ -56,11 +56,10 @@ pub async fn retain(
         })?),
         None => None,
     };
-    let latest = match resolve_image(store, &format!("{family}@latest")).await {
-        Ok(image) => Some(image.id),
-        Err(StoreError::InvalidArgument(_)) => None,
-        Err(error) => return Err(error),
-    };
+    let latest = family_images(store, family, chrono::Utc::now(), 1)
+        .await?
+        .first()
+        .map(|image| image.id);
 
     let all = images(store).await?;
     let mut members: Vec<_> = all
