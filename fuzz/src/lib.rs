@@ -298,6 +298,9 @@ async fn widen(store: &Store, record: &SnapshotRecord) -> SnapshotRecord {
         .await
         .expect("a fixture snapshot opens");
     let per = u64::from(WIDE_SEGMENT_BLOCKS);
+    let session = blockyard_store::Session::begin(&store.raw(), "fuzz fixture")
+        .await
+        .expect("a session");
     let blocks = record.block_count();
     let mut segments = Vec::new();
     for start in (0..blocks).step_by(WIDE_SEGMENT_BLOCKS as usize) {
@@ -311,7 +314,7 @@ async fn widen(store: &Store, record: &SnapshotRecord) -> SnapshotRecord {
             segment.set(usize::try_from(position).expect("at most 8"), id);
         }
         let (id, _) = store
-            .put_segment(&segment)
+            .put_segment(&segment, &session)
             .await
             .expect("store a wide segment");
         segments.push(id);

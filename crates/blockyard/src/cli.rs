@@ -96,6 +96,30 @@ pub(crate) enum Command {
     /// Deregister a family's old images and delete the snapshots no image uses (into the
     /// recycle bin); never a protected image, never the family's latest.
     Retain(RetainArgs),
+    /// Delete the blocks and segments no snapshot references (not even one in the recycle
+    /// bin), safely while other machines write to the store.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GcArgs {
+    /// Never condemn what is younger than this, and delete what is condemned no sooner
+    /// than this after: 10m, 1h, 0s.
+    #[arg(long, default_value = "10m", value_name = "DUR", value_parser = crate::units::parse_duration)]
+    pub(crate) grace: std::time::Duration,
+    /// Say what would be condemned; change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Do not wait for older writer sessions or the grace: condemn, and leave the deleting
+    /// to a later gc.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    /// Take a writer session that has not beaten its heartbeat for this long for dead.
+    #[arg(long, default_value = "5m", value_name = "DUR", value_parser = crate::units::parse_duration)]
+    pub(crate) session_timeout: std::time::Duration,
+    /// Deletes in flight at once.
+    #[arg(long, default_value_t = blockyard_store::DEFAULT_DELETE_CONCURRENCY)]
+    pub(crate) concurrency: usize,
 }
 
 #[derive(Debug, Args)]

@@ -42,10 +42,12 @@ use serde::Serialize;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tracing::debug;
 
+use crate::condemned::Kind;
 use crate::error::{Result, StoreError};
 use crate::raw::{RawStore, record_segments, segment_of};
 use crate::resilient::{AttemptCounts, RequestCounts};
 use crate::segment::Segment;
+use crate::session::Session;
 use crate::snapshot::{SnapshotId, SnapshotRecord};
 use crate::store::Store;
 
@@ -451,6 +453,9 @@ struct Plan {
     needed: HashSet<ObjectId>,
     /// Across domains: what is known of the translation so far.
     reseal: Option<ResealPlan>,
+    /// The destination's writer session, so that its garbage collection spares what this
+    /// copy relies on; `None` when the snapshot is there already.
+    session: Option<Session>,
 }
 
 /// Across key domains: the translation of the source's ids into the destination's.
@@ -473,21 +478,29 @@ async fn plan(shared: Arc<Shared>, destination: Endpoint) -> Result<Plan> {
             blocks_checked: 0,
             needed: HashSet::new(),
             reseal: None,
+            session: None,
         });
     }
-    match CopyMode::between(&shared.source.raw, &destination.raw) {
-        CopyMode::Verbatim => plan_verbatim(&shared, &destination).await,
-        CopyMode::Reseal => plan_reseal(&shared, &destination).await,
-    }
+    // The session starts before anything at the destination is looked at.
+    let session = Session::begin(&destination.raw, "copy").await?;
+    let mut plan = match CopyMode::between(&shared.source.raw, &destination.raw) {
+        CopyMode::Verbatim => plan_verbatim(&shared, &destination, &session).await?,
+        CopyMode::Reseal => plan_reseal(&shared, &destination, &session).await?,
+    };
+    plan.session = Some(session);
+    Ok(plan)
 }
 
-async fn plan_verbatim(shared: &Shared, destination: &Endpoint) -> Result<Plan> {
+async fn plan_verbatim(shared: &Shared, destination: &Endpoint, session: &Session) -> Result<Plan> {
     let raw = &destination.raw;
     let segments = distinct(&shared.segments);
-    let present: Vec<bool> = stream::iter(segments.iter().map(|id| raw.has_segment(id)))
-        .buffered(shared.concurrency)
-        .try_collect()
-        .await?;
+    let present: Vec<bool> = stream::iter(segments.iter().map(|id| async move {
+        session.protect(Kind::Segment, id).await?;
+        raw.has_segment(id).await
+    }))
+    .buffered(shared.concurrency)
+    .try_collect()
+    .await?;
     let missing: Vec<ObjectId> = segments
         .iter()
         .zip(present)
@@ -513,6 +526,9 @@ async fn plan_verbatim(shared: &Shared, destination: &Endpoint) -> Result<Plan> 
             let Some(theirs) = reference.get(index) else {
                 continue;
             };
+            if session.is_condemned(Kind::Segment, theirs) {
+                continue;
+            }
             let sealed = match raw.segment_envelope(theirs).await {
                 Ok(sealed) => sealed,
                 Err(StoreError::Missing { .. }) => continue,
@@ -525,7 +541,10 @@ async fn plan_verbatim(shared: &Shared, destination: &Endpoint) -> Result<Plan> 
     }
 
     let checks: Vec<(ObjectId, bool)> = stream::iter(candidates)
-        .map(|block| async move { Ok::<_, StoreError>((block, raw.has_block(&block).await?)) })
+        .map(|block| async move {
+            session.protect(Kind::Block, &block).await?;
+            Ok::<_, StoreError>((block, raw.has_block(&block).await?))
+        })
         .buffer_unordered(shared.concurrency)
         .try_collect()
         .await?;
@@ -539,6 +558,7 @@ async fn plan_verbatim(shared: &Shared, destination: &Endpoint) -> Result<Plan> 
         blocks_checked,
         needed,
         reseal: None,
+        session: None,
     })
 }
 
@@ -568,7 +588,7 @@ async fn reference_segments(
     Ok(fallback)
 }
 
-async fn plan_reseal(shared: &Shared, destination: &Endpoint) -> Result<Plan> {
+async fn plan_reseal(shared: &Shared, destination: &Endpoint, session: &Session) -> Result<Plan> {
     let (Some(source), Some(record), Some(target)) = (
         shared.source.store.clone(),
         shared.record.as_ref(),
@@ -598,12 +618,15 @@ async fn plan_reseal(shared: &Shared, destination: &Endpoint) -> Result<Plan> {
     let mut translated = HashMap::new();
     let mut missing = Vec::new();
     for id in &segments {
-        match target.copy_map(&source_domain, id).await? {
-            Some(ours) if target.raw().has_segment(&ours).await? => {
+        let ours = target.copy_map(&source_domain, id).await?;
+        if let Some(ours) = ours {
+            session.protect(Kind::Segment, &ours).await?;
+            if target.raw().has_segment(&ours).await? {
                 translated.insert(*id, ours);
+                continue;
             }
-            _ => missing.push(*id),
         }
+        missing.push(*id);
     }
 
     // For the rest, pair positions with an earlier copied snapshot: the source's parent
@@ -662,6 +685,7 @@ async fn plan_reseal(shared: &Shared, destination: &Endpoint) -> Result<Plan> {
             segments: translated,
             blocks,
         }),
+        session: None,
     })
 }
 
@@ -826,7 +850,7 @@ impl Upload {
         let handed = receiver_stream(blocks).map(|(id, sealed)| Job::Handed(id, sealed));
         let fetched = unbounded_receiver_stream(fetch).map(Job::Fetch);
         stream::select(handed, fetched)
-            .map(|job| self.store_block(job, plan.reseal.as_ref()))
+            .map(|job| self.store_block(job, &plan))
             .buffer_unordered(self.shared.concurrency)
             .try_for_each(|()| futures::future::ready(Ok(())))
             .await
@@ -840,12 +864,12 @@ impl Upload {
         self.commit(plan).await.map_err(|e| error_text(&e))
     }
 
-    async fn store_block(&self, job: Job, reseal: Option<&ResealPlan>) -> Result<()> {
+    async fn store_block(&self, job: Job, plan: &Plan) -> Result<()> {
         let (id, sealed) = match job {
             Job::Handed(id, sealed) => (id, sealed),
             Job::Fetch(id) => (id, self.shared.source.raw.block_envelope(&id).await?),
         };
-        let Some(reseal) = reseal else {
+        let Some(reseal) = &plan.reseal else {
             let len = sealed.len() as u64;
             self.throttle(len).await;
             self.destination.raw.put_block_envelope(&id, sealed).await?;
@@ -861,6 +885,9 @@ impl Upload {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
+        if let Some(session) = &plan.session {
+            session.protect(Kind::Block, &ours).await?;
+        }
         if !reseal.destination.has_block(&ours).await? {
             let target = reseal.destination.clone();
             let sealed = tokio::task::spawn_blocking(move || target.encode_block(&ours, &data))
@@ -880,6 +907,9 @@ impl Upload {
 
     async fn commit(&self, plan: Plan) -> Result<()> {
         let raw = &self.destination.raw;
+        let session = plan.session.clone().ok_or_else(|| {
+            StoreError::Task("a copy to commit has no session at its destination".into())
+        })?;
         match &plan.reseal {
             None => {
                 for id in &plan.missing_segments {
@@ -889,18 +919,25 @@ impl Upload {
                     self.count_bytes(len, true);
                 }
                 raw.sync().await?;
+                session.confirm().await?;
                 let len = self.shared.envelope.len() as u64;
                 raw.put_record_envelope(&self.shared.id, self.shared.envelope.clone())
                     .await?;
                 self.count_bytes(len, false);
             }
-            Some(reseal) => self.commit_resealed(&plan, reseal).await?,
+            Some(reseal) => self.commit_resealed(&plan, reseal, &session).await?,
         }
+        session.end().await?;
         debug!(store = %raw.location(), snapshot = %self.shared.id, "copy committed");
         Ok(())
     }
 
-    async fn commit_resealed(&self, plan: &Plan, reseal: &ResealPlan) -> Result<()> {
+    async fn commit_resealed(
+        &self,
+        plan: &Plan,
+        reseal: &ResealPlan,
+        session: &Session,
+    ) -> Result<()> {
         let target = &reseal.destination;
         let mut segments = reseal.segments.clone();
         let translated = self
@@ -926,7 +963,7 @@ impl Upload {
                     })?;
                 ours.set(position, Some(*mapped));
             }
-            let (our_id, len) = target.put_segment(&ours).await?;
+            let (our_id, len) = target.put_segment(&ours, session).await?;
             self.count_bytes(len, len > 0);
             target
                 .put_copy_map(&reseal.source_domain, id, &our_id)
@@ -949,6 +986,7 @@ impl Upload {
             })
             .collect::<Result<_>>()?;
         target.sync().await?;
+        session.confirm().await?;
         target.put_record(&copy).await
     }
 

@@ -83,6 +83,15 @@ pub enum StoreError {
         /// The image asked for.
         id: String,
     },
+    /// Garbage collection took the session for dead, so what it wrote may be deleted.
+    #[error(
+        "session {session} missed its heartbeats long enough for garbage collection to take it \
+         for dead; nothing was committed, run the command again"
+    )]
+    SessionExpired {
+        /// The session.
+        session: String,
+    },
     /// A store or snapshot option out of range.
     #[error("{0}")]
     InvalidArgument(String),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use blockyard_crypto::{Envelope, ObjectId};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 
@@ -218,6 +218,52 @@ impl RawStore {
             .try_collect()
             .await
             .map_err(StoreError::backend("list", prefix))
+    }
+
+    /// Every object under `prefix`, as the listing goes: for folders too big to hold.
+    pub(crate) fn list_stream(
+        &self,
+        prefix: &Path,
+    ) -> futures::stream::BoxStream<'static, Result<object_store::ObjectMeta>> {
+        let prefix_owned = prefix.clone();
+        self.objects
+            .list(Some(prefix))
+            .map_err(move |e| StoreError::backend("list", &prefix_owned)(e))
+            .boxed()
+    }
+
+    /// When the store says an object was last written, `None` when it does not exist.
+    pub(crate) async fn last_modified_if_any(
+        &self,
+        path: &Path,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        match self.objects.head(path).await {
+            Ok(meta) => Ok(Some(meta.last_modified)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StoreError::backend("read", path)(e)),
+        }
+    }
+
+    /// Deletes objects, `concurrency` at a time; returns how many were there to delete.
+    pub(crate) async fn delete_all(
+        &self,
+        paths: impl Iterator<Item = Path>,
+        concurrency: usize,
+    ) -> Result<u64> {
+        let mut deletes = futures::stream::iter(paths)
+            .map(|path| async move {
+                match self.objects.delete(&path).await {
+                    Ok(()) => Ok(1),
+                    Err(object_store::Error::NotFound { .. }) => Ok(0),
+                    Err(e) => Err(StoreError::backend("delete", &path)(e)),
+                }
+            })
+            .buffer_unordered(concurrency.max(1));
+        let mut deleted = 0;
+        while let Some(result) = deletes.next().await {
+            deleted += result?;
+        }
+        Ok(deleted)
     }
 
     /// Deletes an object; one already gone is not an error.

@@ -13,6 +13,7 @@ use object_store::{ObjectStore, PutPayload};
 
 use crate::Location;
 use crate::codec;
+use crate::condemned::Kind;
 use crate::config::{
     DEFAULT_BLOCK_SIZE, FORMAT_VERSION, KNOWN_FEATURES, KeyDomainConfig, SEGMENT_BLOCKS,
     StoreConfig, validate_block_size,
@@ -23,6 +24,7 @@ use crate::layout;
 use crate::raw::RawStore;
 use crate::resilient::{RequestCounters, RequestCounts, resilient};
 use crate::segment::Segment;
+use crate::session::Session;
 use crate::snapshot::{self, SnapshotId, SnapshotRecord};
 
 /// zstd level for new blocks: level 1 keeps both cores ahead of the disk; level 3 costs
@@ -406,10 +408,15 @@ impl Store {
     }
 
     /// Seals a segment; returns its id, the sealed bytes and whether the store already has it.
-    pub async fn put_segment(&self, segment: &Segment) -> Result<(ObjectId, u64)> {
+    pub async fn put_segment(
+        &self,
+        segment: &Segment,
+        session: &Session,
+    ) -> Result<(ObjectId, u64)> {
         let plain = segment.encode();
         let id = self.inner.keys.object_id(ObjectKind::Segment, &plain);
         let path = layout::segment(&id);
+        session.protect(Kind::Segment, &id).await?;
         if exists(&self.inner.objects, &path).await? {
             return Ok((id, 0));
         }
@@ -539,6 +546,12 @@ impl Store {
             }
             Err(e) => return Err(StoreError::backend("read", &path)(e)),
         };
+        self.open_record(id, &sealed)
+    }
+
+    /// Opens and verifies a snapshot's sealed commit record.
+    pub(crate) fn open_record(&self, id: &SnapshotId, sealed: &[u8]) -> Result<SnapshotRecord> {
+        let name = id.to_string();
         let corrupt = |reason: String| StoreError::Corrupt {
             what: "snapshot record",
             name: name.clone(),
@@ -547,7 +560,7 @@ impl Store {
         let opened = self
             .inner
             .keys
-            .open_with_clear(ObjectKind::Snapshot, name.as_bytes(), &sealed)
+            .open_with_clear(ObjectKind::Snapshot, name.as_bytes(), sealed)
             .map_err(|e| corrupt(e.to_string()))?;
         let record: SnapshotRecord =
             serde_json::from_slice(&opened.payload).map_err(|e| corrupt(e.to_string()))?;

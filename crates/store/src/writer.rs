@@ -24,8 +24,10 @@ use chrono::Utc;
 use tokio::sync::Semaphore;
 
 use crate::Store;
+use crate::condemned::Kind;
 use crate::error::{Result, StoreError};
 use crate::segment::Segment;
+use crate::session::Session;
 use crate::snapshot::{BlockCounts, SnapshotId, SnapshotRecord, WriteStats};
 
 /// Bytes uploaded between background flushes of a local store: enough that a flush has real
@@ -80,6 +82,8 @@ pub struct SnapshotWriter {
     options: SnapshotOptions,
     parent: Option<SnapshotRecord>,
     block_count: u64,
+    /// Keeps garbage collection away from what this snapshot relies on.
+    session: Session,
     /// Data positions of each parent segment, counted when `begin` read them.
     parent_data: HashMap<ObjectId, u64>,
     /// Blocks known to be in the store or being uploaded by this writer: the parent's, and
@@ -124,6 +128,8 @@ impl SnapshotWriter {
             ));
         }
 
+        // The session starts before anything in the store is looked at.
+        let session = Session::begin(&store.raw(), "snapshot").await?;
         let mut known = HashSet::new();
         let mut parent_data = HashMap::new();
         let parent = match &options.parent {
@@ -137,7 +143,15 @@ impl SnapshotWriter {
                 }
                 for segment_id in unique(&record.segments) {
                     let segment = store.read_segment(&segment_id).await?;
-                    known.extend(segment.entries().iter().flatten().copied());
+                    // A condemned block is looked at again before it is reused.
+                    known.extend(
+                        segment
+                            .entries()
+                            .iter()
+                            .flatten()
+                            .filter(|id| !session.is_condemned(Kind::Block, id))
+                            .copied(),
+                    );
                     parent_data.insert(segment_id, segment.data_count() as u64);
                 }
                 Some(record)
@@ -174,6 +188,7 @@ impl SnapshotWriter {
             options,
             parent,
             block_count,
+            session,
             parent_data,
             known: Mutex::new(known),
             unsettled: Mutex::new(HashSet::new()),
@@ -355,7 +370,12 @@ impl SnapshotWriter {
 
         // Every block and segment must be durable before the record that points at them.
         self.store.sync().await?;
+        self.session.confirm().await?;
         self.store.put_record(&record).await?;
+        if let Err(e) = self.session.end().await {
+            // The snapshot is committed; a session object left behind only expires.
+            tracing::warn!("could not end the writer session: {e}");
+        }
         tracing::debug!(snapshot = %record.id, blocks = record.blocks.total, "committed");
         Ok(record)
     }
@@ -380,6 +400,7 @@ impl SnapshotWriter {
         if !claimed {
             return Ok(PutOutcome::Reused);
         }
+        self.session.protect(Kind::Block, &id).await?;
         if self.store.has_block(&id).await? {
             lock(&self.unsettled).remove(&id);
             return Ok(PutOutcome::Reused);
@@ -428,7 +449,11 @@ impl SnapshotWriter {
         };
         let mut segment = match parent_segment {
             // An untouched stretch of the parent is shared, not rewritten.
-            Some((id, parent_positions)) if puts.is_empty() && parent_positions == positions => {
+            Some((id, parent_positions))
+                if puts.is_empty()
+                    && parent_positions == positions
+                    && !self.session.is_condemned(Kind::Segment, &id) =>
+            {
                 // `begin` read and counted every parent segment; no second fetch.
                 let data = self.parent_data.get(&id).copied().ok_or_else(|| {
                     StoreError::Task(format!("parent segment {id} was not counted"))
@@ -449,7 +474,7 @@ impl SnapshotWriter {
             segment.set(usize::try_from(index - start).unwrap_or(usize::MAX), *entry);
         }
 
-        let (id, stored) = self.store.put_segment(&segment).await?;
+        let (id, stored) = self.store.put_segment(&segment, &self.session).await?;
         self.bytes_stored.fetch_add(stored, Ordering::Relaxed);
         let mut pending = lock(&self.pending);
         for (index, _) in &puts {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use blockyard_crypto::ObjectKind;
 use blockyard_store::{
-    Fill, Location, Segment, SnapshotId, SnapshotOptions, SnapshotReader, SnapshotWriter, Store,
+    Fill, Location, Segment, Session, SnapshotId, SnapshotOptions, SnapshotReader, SnapshotWriter,
+    Store,
 };
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
@@ -107,8 +108,18 @@ async fn a_fill_parent_child_of_a_record_with_other_segment_sizes_reads_as_its_p
     first.set(5, Some(blocks[2]));
     let mut second = Segment::zeroed(2);
     second.set(1, Some(blocks[3]));
-    store.put_segment(&first).await.expect("put a segment");
-    store.put_segment(&second).await.expect("put a segment");
+    let session = Session::begin(&store.raw(), "test")
+        .await
+        .expect("a session");
+    store
+        .put_segment(&first, &session)
+        .await
+        .expect("put a segment");
+    store
+        .put_segment(&second, &session)
+        .await
+        .expect("put a segment");
+    session.end().await.expect("end the session");
     let id: SnapshotId = "snap-0000000000000000000000000f0220ed"
         .parse()
         .expect("the fuzz snapshot id");

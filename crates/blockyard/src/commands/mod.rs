@@ -3,6 +3,7 @@
 mod check;
 mod copy;
 mod export;
+mod gc;
 mod image;
 mod import;
 mod key;
@@ -76,6 +77,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
                 )
             })?;
             Ok(())
+        }
+        Command::Gc(args) => {
+            let store = open(&config.choose(&cli.global, None)?).await?;
+            gc::run(args, &store, out).await
         }
         Command::Recycle(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
