@@ -21,7 +21,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use object_store::path::Path;
 
 use crate::error::{Result, StoreError};
-use crate::raw::RawStore;
+use crate::raw::{RawStore, store_second};
 
 const MAGIC: &[u8; 4] = b"BYGC";
 const VERSION: u8 = 1;
@@ -209,10 +209,11 @@ pub(crate) async fn run_states(raw: &RawStore) -> Result<BTreeMap<String, RunSta
             continue;
         };
         let state = states.entry(run.as_ref().to_owned()).or_default();
-        state.newest = state.newest.max(Some(meta.last_modified));
+        let written = store_second(meta.last_modified);
+        state.newest = state.newest.max(Some(written));
         match name.as_ref() {
-            "marked" => state.marked = Some(meta.last_modified),
-            "sweeping" => state.sweeping = Some(meta.last_modified),
+            "marked" => state.marked = Some(written),
+            "sweeping" => state.sweeping = Some(written),
             "done" => state.done = true,
             other if other.starts_with("condemned-") => state.lists += 1,
             _ => {}

@@ -35,7 +35,7 @@ use crate::condemned::{self, Condemned, IDS_PER_LIST, Kind};
 use crate::error::{Result, StoreError};
 use crate::layout;
 use crate::progress::Progress;
-use crate::raw::RawStore;
+use crate::raw::{RawStore, store_second};
 use crate::recycle::store_time;
 use crate::session::{self, DEFAULT_SESSION_TIMEOUT, HEARTBEAT};
 use crate::snapshot::SnapshotId;
@@ -51,10 +51,10 @@ pub const DEFAULT_DELETE_CONCURRENCY: usize = 32;
 /// Deletes between two looks at the revived markers, at most.
 const DELETE_BATCH: usize = 1024;
 
-/// Store clocks are compared across objects, and a store may stamp to the second or run
-/// several nodes: a session that started this close after a mark is waited for as if it
-/// had started before it.
-const CLOCK_SLACK: chrono::Duration = chrono::Duration::seconds(5);
+/// Store clocks are compared across objects, and a store may run several nodes whose
+/// clocks differ a little: a session that started this close after a mark is waited for as
+/// if it had started before it.
+pub const DEFAULT_CLOCK_SLACK: Duration = Duration::from_secs(5);
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -73,6 +73,8 @@ pub struct GcOptions {
     pub poll: Duration,
     /// Deletes in flight at once.
     pub concurrency: usize,
+    /// Sessions that started up to this long after a mark are waited for too.
+    pub clock_slack: Duration,
 }
 
 impl Default for GcOptions {
@@ -84,6 +86,7 @@ impl Default for GcOptions {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             poll: Duration::from_secs(1),
             concurrency: DEFAULT_DELETE_CONCURRENCY,
+            clock_slack: DEFAULT_CLOCK_SLACK,
         }
     }
 }
@@ -189,7 +192,7 @@ pub async fn collect_garbage(
         };
         report.segments_listed += 1;
         if marking.segments.binary_search(&id).is_err() {
-            if meta.last_modified < cutoff {
+            if store_second(meta.last_modified) < cutoff {
                 condemned.segments.push(id);
             } else {
                 report.too_young += 1;
@@ -203,7 +206,7 @@ pub async fn collect_garbage(
         };
         report.blocks_listed += 1;
         if marking.blocks.binary_search(&id).is_err() {
-            if meta.last_modified < cutoff {
+            if store_second(meta.last_modified) < cutoff {
                 condemned.blocks.push(id);
                 report.bytes_condemned += meta.size;
             } else {
@@ -285,7 +288,7 @@ async fn finish(
         let now = store_time(store).await?;
         let mut blockers = Vec::new();
         for session in session::list_sessions(&raw).await? {
-            if session.started > run.mark + CLOCK_SLACK {
+            if session.started > run.mark + chrono_duration(options.clock_slack) {
                 continue;
             }
             if raw.exists(&condemned::expired_path(&session.id)).await? {
@@ -373,10 +376,13 @@ async fn finish(
             let Some(last) = batch.last().copied() else {
                 break;
             };
-            let paths = batch.iter().map(|id| match kind {
-                Kind::Segment => layout::segment(id),
-                Kind::Block => layout::block(id),
-            });
+            let paths: Vec<Path> = batch
+                .iter()
+                .map(|id| match kind {
+                    Kind::Segment => layout::segment(id),
+                    Kind::Block => layout::block(id),
+                })
+                .collect();
             let deleted = raw.delete_all(paths, options.concurrency).await?;
             match kind {
                 Kind::Segment => report.segments_deleted += deleted,
@@ -464,7 +470,7 @@ async fn clear_run(raw: &RawStore, run: &str, concurrency: usize) -> Result<()> 
         .map(|meta| meta.location)
         .filter(|path| *path != done)
         .collect();
-    raw.delete_all(paths.into_iter(), concurrency).await?;
+    raw.delete_all(paths, concurrency).await?;
     raw.delete(&done).await
 }
 
@@ -580,7 +586,7 @@ async fn delete_copy_maps(
             stale.push(meta.location.clone());
         }
     }
-    raw.delete_all(stale.into_iter(), concurrency).await
+    raw.delete_all(stale, concurrency).await
 }
 
 /// Removes refs older than `cutoff` whose image is neither registered nor in the bin.
@@ -588,7 +594,7 @@ async fn remove_orphan_refs(raw: &RawStore, cutoff: DateTime<Utc>) -> Result<u64
     let mut gone = 0;
     let mut known: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     for meta in raw.list(&Path::from("refs")).await? {
-        if meta.last_modified >= cutoff {
+        if store_second(meta.last_modified) >= cutoff {
             continue;
         }
         let Some(image) = meta

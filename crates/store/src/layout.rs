@@ -9,6 +9,8 @@
 //! copymaps/<domain>/<aaa>/<seg>   envelope(id of this store's segment that translates
 //!                                 segment <seg> of key domain <domain>), written by copies
 //!                                 from another key domain
+//! sessions/<ses-id>               a writer's lease (see `session.rs`)
+//! gc/runs/<run>/…, gc/expired/…   garbage collection's state (see `condemned.rs`)
 //! ```
 //!
 //! `<aaa>` is the first three hex digits of the id: 4096 folders keep a local store's

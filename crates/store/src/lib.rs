@@ -76,7 +76,10 @@ pub use disk::SnapshotDisk;
 pub use error::{Result, StoreError};
 pub use export::{ExportSummary, export};
 pub use faults::{FaultInjector, FaultPlan};
-pub use gc::{DEFAULT_DELETE_CONCURRENCY, DEFAULT_GRACE, GcOptions, GcReport, collect_garbage};
+pub use gc::{
+    DEFAULT_CLOCK_SLACK, DEFAULT_DELETE_CONCURRENCY, DEFAULT_GRACE, GcOptions, GcReport,
+    collect_garbage,
+};
 pub use ingest::{CreateOptions, DEFAULT_CONCURRENCY, create_snapshot};
 pub use location::Location;
 pub use object_sink::ObjectUpload;

@@ -202,12 +202,12 @@ impl RawStore {
         self.put(&Path::from(format!("images/{id}")), sealed).await
     }
 
-    /// When the store says an object was last written.
+    /// When the store says an object was last written, to the second (see [`store_second`]).
     pub(crate) async fn last_modified(&self, path: &Path) -> Result<chrono::DateTime<chrono::Utc>> {
         self.objects
             .head(path)
             .await
-            .map(|meta| meta.last_modified)
+            .map(|meta| store_second(meta.last_modified))
             .map_err(StoreError::backend("read", path))
     }
 
@@ -238,18 +238,14 @@ impl RawStore {
         path: &Path,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
         match self.objects.head(path).await {
-            Ok(meta) => Ok(Some(meta.last_modified)),
+            Ok(meta) => Ok(Some(store_second(meta.last_modified))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(StoreError::backend("read", path)(e)),
         }
     }
 
     /// Deletes objects, `concurrency` at a time; returns how many were there to delete.
-    pub(crate) async fn delete_all(
-        &self,
-        paths: impl Iterator<Item = Path>,
-        concurrency: usize,
-    ) -> Result<u64> {
+    pub(crate) async fn delete_all(&self, paths: Vec<Path>, concurrency: usize) -> Result<u64> {
         let mut deletes = futures::stream::iter(paths)
             .map(|path| async move {
                 match self.objects.delete(&path).await {
@@ -289,6 +285,15 @@ impl RawStore {
             .map(|_| ())
             .map_err(StoreError::backend("write", path))
     }
+}
+
+/// A store time cut to the whole second. S3 gives a HEAD's time to the second and a
+/// listing's to the millisecond; every time that is compared with another is cut the same
+/// way, so that no comparison mixes the two. Cutting keeps order: a time cut later than
+/// another was later.
+pub(crate) fn store_second(time: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    time.trunc_subsecs(0)
 }
 
 /// The segment ids a sealed commit record lists in its clear part, read without a key.

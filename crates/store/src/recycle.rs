@@ -118,7 +118,7 @@ pub async fn recycle_bin(store: &Store) -> Result<Vec<Recycled>> {
                 items.push(Recycled {
                     kind,
                     id: id.to_owned(),
-                    deleted: meta.last_modified,
+                    deleted: crate::raw::store_second(meta.last_modified),
                 });
             }
         }

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::condemned::{self, Condemned, Kind};
 use crate::error::{Result, StoreError};
-use crate::raw::RawStore;
+use crate::raw::{RawStore, store_second};
 
 /// How often a session rewrites its object.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -290,20 +290,21 @@ pub(crate) async fn list_sessions(raw: &RawStore) -> Result<Vec<SessionInfo>> {
             // Ended between the listing and the read.
             None => continue,
         };
+        let last_beat = store_second(meta.last_modified);
         let started = match &body {
             Some(SessionBody {
                 started: Some(started),
                 ..
-            }) => (*started).min(meta.last_modified),
+            }) => (*started).min(last_beat),
             // Only the first write has happened: it is the start.
-            Some(_) => meta.last_modified,
+            Some(_) => last_beat,
             // Unreadable: taken to be as old as can be, so gc waits for it to expire.
             None => DateTime::<Utc>::MIN_UTC,
         };
         found.push(SessionInfo {
             id: id.to_owned(),
             started,
-            last_beat: meta.last_modified,
+            last_beat,
             purpose: body.map(|b| b.purpose).unwrap_or_default(),
         });
     }

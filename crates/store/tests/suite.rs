@@ -36,6 +36,8 @@ mod catalog;
 mod damage;
 #[path = "suite/faults.rs"]
 mod faults;
+#[path = "suite/gc.rs"]
+mod gc;
 #[path = "suite/images.rs"]
 mod images;
 #[path = "suite/regressions.rs"]
@@ -53,6 +55,7 @@ mod support;
 use catalog::*;
 use damage::*;
 use faults::*;
+use gc::*;
 use images::*;
 use regressions::*;
 use restore::*;
@@ -224,6 +227,15 @@ macro_rules! backend_tests {
             backend_tests!(@cases $backend:
                 // catalog.rs
                 family_latest_resolves_with_one_listing_and_follows_promotions,
+
+                // gc.rs
+                gc_deletes_what_no_record_reaches_and_keeps_shared_and_binned_blocks,
+                gc_keeps_what_is_younger_than_the_grace_and_a_dry_run_changes_nothing,
+                a_run_waits_for_an_older_session_and_the_next_gc_finishes_it,
+                a_writer_that_starts_after_the_mark_keeps_the_condemned_blocks_it_reuses,
+                a_session_that_misses_its_heartbeats_is_taken_for_dead_and_cannot_commit,
+                a_gc_killed_at_any_point_leaves_the_store_whole_and_the_next_one_finishes,
+                gc_racing_writers_never_loses_a_block_a_committed_snapshot_names,
 
                 // stores.rs
                 init_then_open_gives_the_same_block_size_and_key_domain,
