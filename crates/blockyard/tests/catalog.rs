@@ -328,3 +328,41 @@ fn retention_keeps_the_newest_the_protected_and_the_latest_and_bins_the_rest() {
         "{young}"
     );
 }
+
+#[test]
+fn gc_frees_the_blocks_of_purged_snapshots_only_and_a_dry_run_frees_nothing() {
+    let fx = Fixture::new();
+    fx.init();
+    // Half a MiB: eight of the store's 64 KiB blocks each.
+    let shared = common::random_bytes(1 << 19, 7);
+    let own = common::random_bytes(1 << 19, 8);
+    let kept_image = fx.qemu_raw_image("kept.img", 4 << 20, &[(0, shared.clone())]);
+    let doomed_image = fx.qemu_raw_image("doomed.img", 4 << 20, &[(0, shared), (1 << 20, own)]);
+    let kept = fx.snapshot_id(&kept_image);
+    let doomed = fx.snapshot_id(&doomed_image);
+    fx.ok(&["snapshot", "delete", &doomed]);
+    // Binned is still referenced: nothing to condemn yet.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let binned = fx.json(&["gc", "--grace", "0s"]);
+    assert_eq!(binned["blocks_deleted"], 0, "{binned}");
+
+    fx.ok(&["recycle", "purge", "--older-than", "0s"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let dry = fx.json(&["gc", "--grace", "0s", "--dry-run"]);
+    assert_eq!(dry["blocks_condemned"], 8, "{dry}");
+    assert_eq!(dry["blocks_deleted"], 0, "{dry}");
+    let young = fx.json(&["gc", "--grace", "1h"]);
+    assert_eq!(young["blocks_deleted"], 0, "{young}");
+
+    let report = fx.json(&["gc", "--grace", "0s"]);
+    assert_eq!(report["blocks_deleted"], 8, "{report}");
+    assert_eq!(report["segments_deleted"], 1, "{report}");
+    let text = fx.ok(&["check", "--read-data"]);
+    assert!(text.contains("no problems"), "{text}");
+    let out = fx.path("kept.out");
+    fx.ok(&["restore", &kept, out.to_str().expect("utf-8 path")]);
+    assert_eq!(
+        std::fs::read(&out).expect("restored"),
+        std::fs::read(&kept_image).expect("source")
+    );
+}

@@ -52,7 +52,8 @@ pub struct CheckReport {
     pub blocks_referenced: u64,
     /// Blocks whose contents were read and verified.
     pub blocks_read: u64,
-    /// Blocks in the store that no snapshot references (garbage collection removes them).
+    /// Blocks in the store that no snapshot references, live or in the recycle bin: what
+    /// garbage collection removes.
     pub blocks_unreferenced: u64,
     /// Everything found wrong.
     pub problems: Vec<Problem>,
@@ -111,9 +112,11 @@ pub async fn check(
     }
 
     report.blocks_referenced = block_users.len() as u64;
+    // Snapshots in the recycle bin keep their blocks until they are purged.
+    let binned = binned_blocks(store).await?;
     report.blocks_unreferenced = stored
         .iter()
-        .filter(|id| !block_users.contains_key(id))
+        .filter(|id| !block_users.contains_key(id) && !binned.contains(id))
         .count() as u64;
     let mut present = Vec::new();
     for (block, users) in &block_users {
@@ -156,4 +159,36 @@ pub async fn check(
         .flat_map(|p| p.snapshots.iter().copied())
         .collect();
     Ok(report)
+}
+
+/// The blocks that snapshots in the recycle bin reference. A binned record or segment that
+/// cannot be read is left out: it damages no live snapshot.
+async fn binned_blocks(store: &Store) -> Result<HashSet<ObjectId>> {
+    let raw = store.raw();
+    let mut segments = BTreeSet::new();
+    for meta in raw
+        .list(&object_store::path::Path::from("recycle/snapshots"))
+        .await?
+    {
+        let Some(id) = meta
+            .location
+            .filename()
+            .and_then(|name| name.parse::<SnapshotId>().ok())
+        else {
+            continue;
+        };
+        let Some(sealed) = raw.get(&meta.location).await? else {
+            continue;
+        };
+        if let Ok(record) = store.open_record(&id, &sealed) {
+            segments.extend(record.segments);
+        }
+    }
+    let mut blocks = HashSet::new();
+    for id in segments {
+        if let Ok(segment) = store.read_segment(&id).await {
+            blocks.extend(segment.entries().iter().flatten().copied());
+        }
+    }
+    Ok(blocks)
 }
