@@ -38,6 +38,7 @@ mod disk;
 mod durability;
 mod error;
 mod export;
+mod family;
 mod faults;
 mod ingest;
 pub mod layout;
@@ -57,9 +58,8 @@ mod store;
 mod writer;
 
 pub use catalog::{
-    Architecture, BootMode, Device, ImageId, ImageRecord, NewImage, deregister_image,
-    family_images, image, images, promote, put_image, register_image, resolve_image, update_image,
-    validate_label,
+    Architecture, BootMode, Device, ImageId, ImageRecord, NewImage, deregister_image, image,
+    images, put_image, register_image, update_image, validate_label,
 };
 pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use config::{
@@ -72,6 +72,7 @@ pub use copy::{
 pub use disk::SnapshotDisk;
 pub use error::{Result, StoreError};
 pub use export::{ExportSummary, export};
+pub use family::{family_images, promote, resolve_image};
 pub use faults::{FaultInjector, FaultPlan};
 pub use ingest::{CreateOptions, DEFAULT_CONCURRENCY, create_snapshot};
 pub use location::Location;
