@@ -10,7 +10,8 @@
 //! [`PageCounter`] counts exactly that over any backend, so that a test on memory sees
 //! what a listing would cost on S3.
 //!
-//! Used by the suite's large-family cases.
+//! Used by the suite's large-family cases and by `examples/latest.rs`, which measures what
+//! they assert.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
