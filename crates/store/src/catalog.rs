@@ -1,23 +1,15 @@
-//! The image catalog: machine images registered from snapshots, and their families.
+//! The image catalog: machine images registered from snapshots.
 //!
 //! ```text
-//! images/<img-id>                          envelope(kind image, clear part = its snapshot
-//!                                          ids, image record JSON)
-//! refs/<family>/<promotion id>-<img-id>    envelope(kind image, the image id): a promotion
+//! images/<img-id>    envelope(kind image, clear part = its snapshot ids, image record JSON)
 //! ```
 //!
 //! An image record names its snapshots by device, with what a hypervisor needs to boot
 //! them (architecture, boot mode) and what a fleet needs to manage them (family, tags,
 //! protection, deprecation, the accounts it is shared with). Changing an attribute writes
-//! the record again; the last writer wins, as with any attribute store.
-//!
-//! Promotion never overwrites anything. `promote` writes a new ref object under the
-//! family's folder, named by a fresh ULID and the image id, so two machines promoting at
-//! once both succeed and neither corrupts the other. `FAMILY@latest` lists the family's
-//! refs (one listing) and takes the newest by the store's own time of writing (its
-//! `last_modified`, never a client clock), the name breaking ties; images deregistered or
-//! deprecated since are skipped. `FAMILY@N` is the N-th newest image so found, `@1` being
-//! `@latest`.
+//! the record again; the last writer wins, as with any attribute store. How an image
+//! becomes its family's latest, and how `FAMILY@latest` finds it, is in
+//! [`family`](crate::family).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -244,10 +236,6 @@ fn image_path(id: &ImageId) -> Path {
     Path::from(format!("images/{id}"))
 }
 
-fn refs_prefix(family: &str) -> Path {
-    Path::from(format!("refs/{family}"))
-}
-
 /// Registers an image of snapshots the store holds, and returns its record.
 pub async fn register_image(store: &Store, new: NewImage) -> Result<ImageRecord> {
     validate_label("image name", &new.name, false)?;
@@ -449,98 +437,4 @@ pub async fn deregister_image(store: &Store, id: &ImageId) -> Result<ImageRecord
     }
     crate::recycle::recycle(store, &id.to_string()).await?;
     Ok(record)
-}
-
-/// Makes an image its family's latest by writing a new ref; returns the ref's name.
-pub async fn promote(store: &Store, id: &ImageId) -> Result<String> {
-    let record = image(store, id).await?;
-    let Some(family) = &record.family else {
-        return Err(StoreError::InvalidArgument(format!(
-            "image {id} belongs to no family; register it with --family to promote it"
-        )));
-    };
-    let name = format!("{}-{id}", ulid::Ulid::new().to_string().to_lowercase());
-    let path = Path::from(format!("refs/{family}/{name}"));
-    let sealed = store.keys().seal(
-        ObjectKind::Image,
-        path.as_ref().as_bytes(),
-        id.to_string().as_bytes(),
-        false,
-    );
-    store.raw().put(&path, Bytes::from(sealed)).await?;
-    Ok(name)
-}
-
-/// The images of `family` as promoted, newest promotion first, each once, skipping images
-/// deregistered or deprecated at `now`; at most `limit` of them. One listing of the store,
-/// then one read per image record until `limit` are found.
-pub async fn family_images(
-    store: &Store,
-    family: &str,
-    now: DateTime<Utc>,
-    limit: usize,
-) -> Result<Vec<ImageRecord>> {
-    validate_label("family", family, true)?;
-    let mut refs = store.raw().list(&refs_prefix(family)).await?;
-    refs.sort_by(|a, b| {
-        (b.last_modified, b.location.as_ref()).cmp(&(a.last_modified, a.location.as_ref()))
-    });
-    let mut seen = HashSet::new();
-    let mut found = Vec::new();
-    for meta in refs {
-        if found.len() >= limit {
-            break;
-        }
-        let Some(id) = meta
-            .location
-            .filename()
-            .and_then(|name| name.rsplit_once("-img-"))
-            .and_then(|(_, hex)| format!("img-{hex}").parse::<ImageId>().ok())
-        else {
-            continue;
-        };
-        if !seen.insert(id) {
-            continue;
-        }
-        match image(store, &id).await {
-            Ok(record)
-                if !record.is_deprecated(now) && record.family.as_deref() == Some(family) =>
-            {
-                found.push(record);
-            }
-            Ok(_) => {}
-            // A deregistered image leaves its refs behind; they name nothing now.
-            Err(StoreError::ImageNotFound { .. }) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(found)
-}
-
-/// Resolves an image reference: `img-…`, `FAMILY@latest` or `FAMILY@N` (`@1` is latest).
-pub async fn resolve_image(store: &Store, reference: &str) -> Result<ImageRecord> {
-    let Some((family, which)) = reference.split_once('@') else {
-        let id: ImageId = reference.parse()?;
-        return image(store, &id).await;
-    };
-    let n: usize = match which {
-        "latest" => 1,
-        number => match number.parse() {
-            Ok(n) if n >= 1 => n,
-            _ => {
-                return Err(StoreError::InvalidArgument(format!(
-                    "{reference:?}: after @ give latest or a number from 1 (the newest)"
-                )));
-            }
-        },
-    };
-    let found = family_images(store, family, Utc::now(), n).await?;
-    let count = found.len();
-    found.into_iter().nth(n - 1).ok_or_else(|| {
-        StoreError::InvalidArgument(format!(
-            "{reference}: family {family} has {count} promoted image{} that is not \
-             deprecated; `image promote` makes one its latest",
-            if count == 1 { "" } else { "s" }
-        ))
-    })
 }

@@ -600,8 +600,8 @@ async fn remove_orphan_refs(raw: &RawStore, cutoff: DateTime<Utc>) -> Result<u64
         let Some(image) = meta
             .location
             .filename()
-            .and_then(|name| name.rsplit_once("-img-"))
-            .map(|(_, hex)| format!("img-{hex}"))
+            .and_then(crate::family::ref_image)
+            .map(|id| id.to_string())
         else {
             continue;
         };

@@ -39,6 +39,7 @@ mod disk;
 mod durability;
 mod error;
 mod export;
+mod family;
 mod faults;
 mod gc;
 mod ingest;
@@ -60,9 +61,8 @@ mod store;
 mod writer;
 
 pub use catalog::{
-    Architecture, BootMode, Device, ImageId, ImageRecord, NewImage, deregister_image,
-    family_images, image, images, promote, put_image, register_image, resolve_image, update_image,
-    validate_label,
+    Architecture, BootMode, Device, ImageId, ImageRecord, NewImage, deregister_image, image,
+    images, put_image, register_image, update_image, validate_label,
 };
 pub use check::{CheckOptions, CheckReport, Problem, check};
 pub use config::{
@@ -75,6 +75,7 @@ pub use copy::{
 pub use disk::SnapshotDisk;
 pub use error::{Result, StoreError};
 pub use export::{ExportSummary, export};
+pub use family::{family_images, promote, resolve_image};
 pub use faults::{FaultInjector, FaultPlan};
 pub use gc::{
     DEFAULT_CLOCK_SLACK, DEFAULT_DELETE_CONCURRENCY, DEFAULT_GRACE, GcOptions, GcReport,

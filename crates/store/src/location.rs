@@ -172,6 +172,17 @@ impl Location {
         }
     }
 
+    /// Whether the backend's listings come in name order (byte order of the keys). S3
+    /// answers in that order and memory keeps its objects sorted; a local folder lists in
+    /// whatever order its directories hold their entries.
+    pub(crate) fn lists_in_name_order(&self) -> bool {
+        match self {
+            Self::Local(_) => false,
+            Self::Memory | Self::S3 { .. } => true,
+            Self::Faulty { inner, .. } => inner.lists_in_name_order(),
+        }
+    }
+
     /// Connects to the backend, with the faults of a [`Faulty`](Self::Faulty) location and
     /// retries on top. A local folder must exist unless `create` is set.
     pub(crate) fn connect(&self, create: bool) -> Result<Arc<dyn ObjectStore>> {

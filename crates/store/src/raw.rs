@@ -262,6 +262,38 @@ impl RawStore {
         Ok(deleted)
     }
 
+    /// The first `max` objects under `prefix` in name order, from just after `after` when
+    /// it is given: one page of a listing, in one listing call.
+    ///
+    /// Where the backend lists in name order (S3, memory) the entries are taken as they
+    /// arrive and the listing is dropped after the `max`-th, so that no later page is ever
+    /// asked for. The S3 client asks for a page (at most 1000 keys) only when the entry
+    /// after the previous page is wanted, so a `max` of up to 1000 costs one request, and
+    /// the call counted under `list` in [`requests`](Self::requests) is that request. A
+    /// local folder lists in no order: it is walked whole and sorted, which costs no
+    /// request but reads every entry.
+    pub(crate) async fn list_page(
+        &self,
+        prefix: &Path,
+        after: Option<&Path>,
+        max: usize,
+    ) -> Result<Vec<object_store::ObjectMeta>> {
+        let listing = match after {
+            Some(offset) => self.objects.list_with_offset(Some(prefix), offset),
+            None => self.objects.list(Some(prefix)),
+        };
+        let failed = StoreError::backend("list", prefix);
+
+        if self.location.lists_in_name_order() {
+            return listing.take(max).try_collect().await.map_err(failed);
+        }
+        let mut entries: Vec<object_store::ObjectMeta> =
+            listing.try_collect().await.map_err(failed)?;
+        entries.sort_unstable_by(|a, b| a.location.cmp(&b.location));
+        entries.truncate(max);
+        Ok(entries)
+    }
+
     /// Deletes an object; one already gone is not an error.
     pub(crate) async fn delete(&self, path: &Path) -> Result<()> {
         match self.objects.delete(path).await {

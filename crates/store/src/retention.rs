@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::catalog::{ImageId, family_images, images};
+use crate::catalog::{ImageId, images};
 use crate::error::{Result, StoreError};
+use crate::family::family_images;
 use crate::recycle::{recycle, store_time};
 use crate::snapshot::SnapshotId;
 use crate::store::Store;

@@ -34,6 +34,8 @@ use tempfile::TempDir;
 mod catalog;
 #[path = "suite/damage.rs"]
 mod damage;
+#[path = "suite/families.rs"]
+mod families;
 #[path = "suite/faults.rs"]
 mod faults;
 #[path = "suite/gc.rs"]
@@ -330,6 +332,26 @@ macro_rules! backend_tests {
 backend_tests!(memory);
 backend_tests!(local);
 backend_tests!(s3);
+
+// ---------------------------------------------------------------------------------------
+// Large families: memory and local disk, as the S3 run would spend minutes writing them
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_latest_of_a_large_family_reads_one_page_of_refs() {
+    let pages = families::PageCounter::new(Arc::new(InMemory::new()));
+    let backend = Backend {
+        objects: Arc::clone(&pages) as Arc<dyn ObjectStore>,
+        ..memory().await
+    };
+
+    latest_of_a_large_family_reads_one_page_of_refs(&backend, Some(pages.as_ref())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_latest_of_a_large_family_reads_one_page_of_refs() {
+    latest_of_a_large_family_reads_one_page_of_refs(&local().await, None).await;
+}
 
 // ---------------------------------------------------------------------------------------
 // Local disk only

@@ -7,6 +7,7 @@ use blockyard_store::{
 };
 
 use super::Backend;
+use super::families::{LARGE_FAMILY, PageCounter, promote_family};
 use super::support::two_snapshots;
 
 async fn register(store: &blockyard_store::Store, name: &str, device: Device) -> ImageRecord {
@@ -77,4 +78,45 @@ pub(crate) async fn family_latest_resolves_with_one_listing_and_follows_promotio
     promote(&store, &promoted[2]).await.expect("promote again");
     let latest = resolve_image(&store, "ci@latest").await.expect("latest");
     assert_eq!(latest.id, promoted[2]);
+}
+
+/// `FAMILY@latest` in a family of [`LARGE_FAMILY`] promoted images takes one listing call
+/// and one image record read; `FAMILY@10` the same listing and ten reads. With `pages`,
+/// the counter under the store, each listing must also be one S3 request.
+pub(crate) async fn latest_of_a_large_family_reads_one_page_of_refs(
+    backend: &Backend,
+    pages: Option<&PageCounter>,
+) {
+    let store = backend.plain_store().await;
+    let (a, _) = two_snapshots(&store).await;
+    let promoted = promote_family(&store, "ci", a.id, LARGE_FAMILY).await;
+    let pages_before = pages.map(PageCounter::pages);
+
+    let before = store.requests();
+    let latest = resolve_image(&store, "ci@latest").await.expect("latest");
+    let middle = store.requests();
+    let tenth = resolve_image(&store, "ci@10").await.expect("tenth newest");
+    let after = store.requests();
+
+    assert_eq!(latest.id, promoted[LARGE_FAMILY - 1]);
+    assert_eq!(tenth.id, promoted[LARGE_FAMILY - 10]);
+    assert_eq!(
+        middle.list.total() - before.list.total(),
+        1,
+        "listings for @latest"
+    );
+    assert_eq!(
+        middle.get.total() - before.get.total(),
+        1,
+        "reads for @latest"
+    );
+    assert_eq!(
+        after.list.total() - middle.list.total(),
+        1,
+        "listings for @10"
+    );
+    assert_eq!(after.get.total() - middle.get.total(), 10, "reads for @10");
+    if let (Some(pages), Some(before)) = (pages, pages_before) {
+        assert_eq!(pages.pages() - before, 2, "S3 requests for @latest and @10");
+    }
 }

@@ -17,6 +17,9 @@ use super::support::{
 };
 use super::{Access, Backend};
 
+/// A committed snapshot and the blocks put into it.
+type Written = (SnapshotRecord, Vec<(u64, Vec<u8>)>);
+
 /// A run that never waits for the grace and looks again often.
 fn quick() -> GcOptions {
     GcOptions {
@@ -47,7 +50,7 @@ async fn forget(store: &Store, id: &SnapshotId) {
     purge_recycled(store, Duration::ZERO).await.expect("purge");
 }
 
-async fn assert_intact(store: &Store, live: &[(SnapshotRecord, Vec<(u64, Vec<u8>)>)]) {
+async fn assert_intact(store: &Store, live: &[Written]) {
     let report = check(store, full_check(), progress()).await.expect("check");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     for (record, blocks) in live {
@@ -61,15 +64,12 @@ async fn assert_intact(store: &Store, live: &[(SnapshotRecord, Vec<(u64, Vec<u8>
 }
 
 /// A (blocks 1, 2), B (blocks 2, 3) sharing block 2, and C (block 4).
-async fn three_snapshots(store: &Store) -> [(SnapshotRecord, Vec<(u64, Vec<u8>)>); 3] {
+async fn three_snapshots(store: &Store) -> [Written; 3] {
     three_snapshots_from(store, 0).await
 }
 
 /// [`three_snapshots`] with block contents of their own for each `base`.
-async fn three_snapshots_from(
-    store: &Store,
-    base: u64,
-) -> [(SnapshotRecord, Vec<(u64, Vec<u8>)>); 3] {
+async fn three_snapshots_from(store: &Store, base: u64) -> [Written; 3] {
     let a_blocks = vec![(0, noise(base + 1, BLOCK)), (1, noise(base + 2, BLOCK))];
     let b_blocks = vec![(2, noise(base + 2, BLOCK)), (3, noise(base + 3, BLOCK))];
     let c_blocks = vec![(1, noise(base + 4, BLOCK))];
@@ -182,7 +182,7 @@ pub(crate) async fn a_run_waits_for_an_older_session_and_the_next_gc_finishes_it
     };
     let first = gc(&store, &no_wait).await;
     let run = first.run.clone().expect("a run");
-    assert_eq!(first.pending, [run.clone()], "{first:?}");
+    assert_eq!(first.pending, std::slice::from_ref(&run), "{first:?}");
     assert_eq!(
         first.blocks_deleted + first.segments_deleted,
         0,
@@ -354,12 +354,7 @@ pub(crate) async fn gc_racing_writers_never_loses_a_block_a_committed_snapshot_n
     }
 }
 
-async fn race_once(
-    store: &Store,
-    seed: u64,
-    round: u64,
-    live: &mut Vec<(SnapshotRecord, Vec<(u64, Vec<u8>)>)>,
-) {
+async fn race_once(store: &Store, seed: u64, round: u64, live: &mut Vec<Written>) {
     const WRITERS: u64 = 3;
     const SNAPSHOTS: u64 = 6;
     const POOL: u64 = 24;
@@ -386,11 +381,11 @@ async fn race_once(
         let store = store.clone();
         writers.push(tokio::spawn(async move {
             let mut rng = Rng(seed ^ (writer + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            let mut live: Vec<(SnapshotRecord, Vec<(u64, Vec<u8>)>)> = Vec::new();
+            let mut live: Vec<Written> = Vec::new();
             for _ in 0..SNAPSHOTS {
                 let mut blocks: Vec<(u64, Vec<u8>)> = Vec::new();
                 for index in 0..DISK {
-                    if rng.next() % 3 != 0 {
+                    if !rng.next().is_multiple_of(3) {
                         blocks.push((index, noise(rng.next() % POOL + 1, BLOCK)));
                     }
                 }
@@ -398,7 +393,7 @@ async fn race_once(
                 live.push((record, blocks));
                 // Forget one snapshot in two, so its blocks are doomed while the others
                 // keep drawing from the same pool.
-                if rng.next() % 2 == 0 && !live.is_empty() {
+                if rng.next().is_multiple_of(2) && !live.is_empty() {
                     let index = usize::try_from(rng.next() % live.len() as u64).unwrap_or(0);
                     let (gone, _) = live.remove(index);
                     forget(&store, &gone.id).await;
