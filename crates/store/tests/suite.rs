@@ -238,6 +238,7 @@ macro_rules! backend_tests {
                 a_session_that_misses_its_heartbeats_is_taken_for_dead_and_cannot_commit,
                 a_gc_killed_at_any_point_leaves_the_store_whole_and_the_next_one_finishes,
                 gc_racing_writers_never_loses_a_block_a_committed_snapshot_names,
+                gc_removes_the_refs_of_images_gone_from_the_store_and_the_bin,
 
                 // stores.rs
                 init_then_open_gives_the_same_block_size_and_key_domain,

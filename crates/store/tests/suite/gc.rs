@@ -444,3 +444,55 @@ impl Rng {
         x
     }
 }
+
+pub(crate) async fn gc_removes_the_refs_of_images_gone_from_the_store_and_the_bin(
+    backend: &Backend,
+) {
+    use blockyard_store::{
+        Architecture, BootMode, Device, NewImage, deregister_image, promote, register_image,
+        resolve_image,
+    };
+    let store = backend.plain_store().await;
+    let [(a, _), (b, _), _] = three_snapshots(&store).await;
+    let mut images = Vec::new();
+    for (name, snapshot) in [("old", a.id), ("new", b.id)] {
+        let image = register_image(
+            &store,
+            NewImage {
+                name: name.to_owned(),
+                family: Some("ci".to_owned()),
+                devices: vec![Device {
+                    name: "/dev/xvda".to_owned(),
+                    snapshot,
+                }],
+                architecture: Architecture::X86_64,
+                boot_mode: BootMode::Uefi,
+                description: String::new(),
+                tags: Default::default(),
+            },
+        )
+        .await
+        .expect("register");
+        promote(&store, &image.id).await.expect("promote");
+        images.push(image.id);
+    }
+    let refs = |objects: &std::collections::BTreeMap<String, Vec<u8>>| {
+        objects.keys().filter(|p| p.starts_with("refs/")).count()
+    };
+
+    // Binned, the old image keeps its ref: it may still be restored.
+    deregister_image(&store, &images[0])
+        .await
+        .expect("deregister");
+    settle().await;
+    assert_eq!(gc(&store, &quick()).await.refs_deleted, 0);
+    assert_eq!(refs(&backend.all_objects().await), 2);
+
+    purge_recycled(&store, Duration::ZERO).await.expect("purge");
+    settle().await;
+    let report = gc(&store, &quick()).await;
+    assert_eq!(report.refs_deleted, 1, "{report:?}");
+    assert_eq!(refs(&backend.all_objects().await), 1);
+    let latest = resolve_image(&store, "ci@latest").await.expect("latest");
+    assert_eq!(latest.id, images[1]);
+}
