@@ -15,7 +15,7 @@
 //! the run spares the object, or the session sees the sweep and waits for it to finish
 //! before looking at the object again. See `docs/architecture.md`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use crate::condemned::{self, Condemned, Kind};
@@ -67,6 +68,9 @@ pub struct Session {
     inner: Arc<Inner>,
 }
 
+/// One object revived in one run: the run's place in the session's list, and the object.
+type Revival = (usize, Kind, ObjectId);
+
 #[derive(Debug)]
 struct Inner {
     raw: RawStore,
@@ -75,8 +79,8 @@ struct Inner {
     body: Bytes,
     /// The runs that were marked and not done when the session started.
     runs: Vec<(String, Condemned)>,
-    /// What this session has revived already, by run.
-    revived: Mutex<HashSet<(usize, Kind, ObjectId)>>,
+    /// What this session has revived, or is reviving, by run.
+    revived: Mutex<HashMap<Revival, Arc<OnceCell<()>>>>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
     timeout: Duration,
 }
@@ -137,7 +141,7 @@ impl Session {
                 started,
                 body,
                 runs,
-                revived: Mutex::new(HashSet::new()),
+                revived: Mutex::new(HashMap::new()),
                 heartbeat: Mutex::new(Some(beat)),
                 timeout,
             }),
@@ -170,19 +174,23 @@ impl Session {
             if !condemned.contains(kind, id) {
                 continue;
             }
-            let fresh = lock(&self.inner.revived).insert((index, kind, *id));
-            if !fresh {
-                continue;
-            }
-            let raw = &self.inner.raw;
-            let marker = condemned::revived_path(run, kind, id);
-            if let Err(e) = raw.put(&marker, Bytes::new()).await {
-                lock(&self.inner.revived).remove(&(index, kind, *id));
-                return Err(e);
-            }
-            if raw.exists(&condemned::sweeping_path(run)).await? {
-                self.outlast_sweep(run).await?;
-            }
+            // Tasks of one session that need the same object share one revival, and each
+            // returns only once it is complete; a failed one is tried again by the next.
+            let cell = Arc::clone(
+                lock(&self.inner.revived)
+                    .entry((index, kind, *id))
+                    .or_default(),
+            );
+            cell.get_or_try_init(|| async {
+                let raw = &self.inner.raw;
+                raw.put(&condemned::revived_path(run, kind, id), Bytes::new())
+                    .await?;
+                if raw.exists(&condemned::sweeping_path(run)).await? {
+                    self.outlast_sweep(run).await?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await?;
         }
         Ok(())
     }
