@@ -239,6 +239,7 @@ macro_rules! backend_tests {
                 a_gc_killed_at_any_point_leaves_the_store_whole_and_the_next_one_finishes,
                 gc_racing_writers_never_loses_a_block_a_committed_snapshot_names,
                 gc_removes_the_refs_of_images_gone_from_the_store_and_the_bin,
+                a_writer_that_meets_a_sweep_under_way_waits_for_it_to_finish,
 
                 // stores.rs
                 init_then_open_gives_the_same_block_size_and_key_domain,

@@ -356,7 +356,7 @@ pub(crate) async fn gc_racing_writers_never_loses_a_block_a_committed_snapshot_n
 
 async fn race_once(store: &Store, seed: u64, round: u64, live: &mut Vec<Written>) {
     const WRITERS: u64 = 3;
-    const SNAPSHOTS: u64 = 6;
+    const SNAPSHOTS: u64 = 14;
     const POOL: u64 = 24;
     const DISK: u64 = 8;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -366,13 +366,22 @@ async fn race_once(store: &Store, seed: u64, round: u64, live: &mut Vec<Written>
         let done = Arc::clone(&done);
         tokio::spawn(async move {
             let mut runs = 0u64;
+            let (mut deleted, mut spared) = (0, 0);
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                match collect_garbage(&store, &quick(), Arc::new(NoProgress)).await {
-                    Ok(_) => runs += 1,
-                    Err(e) => return Err(e),
-                }
+                // A second of grace holds each run open after its mark, so that writers
+                // starting meanwhile meet its condemned lists and revive what they reuse.
+                let options = GcOptions {
+                    grace: Duration::from_secs(1),
+                    ..quick()
+                };
+                let report = collect_garbage(&store, &options, Arc::new(NoProgress)).await?;
+                runs += 1;
+                deleted += report.blocks_deleted + report.segments_deleted;
+                spared += report.spared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Ok(runs)
+            eprintln!("gc race: {runs} runs deleted {deleted} objects and spared {spared}");
+            Ok::<_, StoreError>(runs)
         })
     };
 
@@ -398,6 +407,9 @@ async fn race_once(store: &Store, seed: u64, round: u64, live: &mut Vec<Written>
                     let (gone, _) = live.remove(index);
                     forget(&store, &gone.id).await;
                 }
+                // gc condemns only what is a whole second old: the round must last a few
+                // seconds for doomed blocks to be condemned while writers still reuse them.
+                tokio::time::sleep(Duration::from_millis(150 + rng.next() % 150)).await;
             }
             live
         }));
@@ -495,4 +507,58 @@ pub(crate) async fn gc_removes_the_refs_of_images_gone_from_the_store_and_the_bi
     assert_eq!(refs(&backend.all_objects().await), 1);
     let latest = resolve_image(&store, "ci@latest").await.expect("latest");
     assert_eq!(latest.id, images[1]);
+}
+
+pub(crate) async fn a_writer_that_meets_a_sweep_under_way_waits_for_it_to_finish(
+    backend: &Backend,
+) {
+    let store = backend.plain_store().await;
+    let [(a, a_blocks), b, _] = three_snapshots(&store).await;
+    forget(&store, &a.id).await;
+    settle().await;
+    let older = Session::begin(&store.raw(), "test").await.expect("session");
+    let run = gc(
+        &store,
+        &GcOptions {
+            wait: false,
+            ..quick()
+        },
+    )
+    .await
+    .run
+    .expect("a run");
+    settle().await;
+    // As if the run had begun deleting.
+    backend
+        .write_object(&format!("gc/runs/{run}/sweeping"), b"sweeping\n".to_vec())
+        .await;
+
+    let writer = SnapshotWriter::begin(&store, zero_fill(4 * BLOCK_SIZE))
+        .await
+        .expect("begin");
+    let finish = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        backend
+            .write_object(&format!("gc/runs/{run}/done"), b"done\n".to_vec())
+            .await;
+    };
+    let started = std::time::Instant::now();
+    let (put, ()) = tokio::join!(writer.put_block(0, a_blocks[0].1.clone()), finish);
+    put.expect("put");
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "the put went ahead during the sweep"
+    );
+    let objects = backend.all_objects().await;
+    assert!(
+        objects
+            .keys()
+            .any(|path| path.starts_with(&format!("gc/runs/{run}/revived/b-"))),
+        "no revived marker: {:?}",
+        objects.keys().collect::<Vec<_>>()
+    );
+    let d = writer.commit().await.expect("commit");
+    older.end().await.expect("end");
+    gc(&store, &quick()).await;
+    assert_intact(&store, &[b, (d, vec![(0, a_blocks[0].1.clone())])]).await;
 }
