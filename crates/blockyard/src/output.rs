@@ -80,4 +80,11 @@ impl blockyard_store::Progress for Bar {
     fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
     }
+
+    fn note(&self, message: &str) {
+        // A hidden bar means --quiet, or no terminal to watch; logs carry the note there.
+        if !self.0.is_hidden() {
+            self.0.println(message);
+        }
+    }
 }

@@ -284,6 +284,7 @@ async fn finish(
     let raw = store.raw();
     let grace = chrono_duration(options.grace);
     let timeout = chrono_duration(options.session_timeout);
+    let mut noted = String::new();
     loop {
         let now = store_time(store).await?;
         let mut blockers = Vec::new();
@@ -311,12 +312,25 @@ async fn finish(
             .iter()
             .map(|s| format!("{} ({})", s.id, s.purpose))
             .collect();
-        tracing::info!(
-            run = %run.name,
-            sessions = ?waiting_for,
-            grace_left_s = grace_left.num_seconds().max(0),
-            "waiting for older sessions and the grace"
-        );
+        let note = if waiting_for.is_empty() {
+            format!(
+                "run {}: waiting out the grace until {} (store clock)",
+                run.name,
+                run.mark + grace
+            )
+        } else {
+            format!(
+                "run {}: waiting for {} older writer session(s) to end: {}",
+                run.name,
+                waiting_for.len(),
+                waiting_for.join(", ")
+            )
+        };
+        if note != noted {
+            tracing::info!("{note}");
+            progress.note(&note);
+            noted = note;
+        }
         tokio::time::sleep(options.poll).await;
     }
 

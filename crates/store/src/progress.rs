@@ -12,6 +12,11 @@ pub trait Progress: Send + Sync {
     fn advance(&self, bytes: u64) {
         let _ = bytes;
     }
+
+    /// Something a person watching should know, such as what the operation waits for.
+    fn note(&self, message: &str) {
+        let _ = message;
+    }
 }
 
 /// Progress that goes nowhere.
