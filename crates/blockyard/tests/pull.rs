@@ -237,6 +237,21 @@ fn holes_stay_holes_in_the_output() {
     assert_eq!(count(&report, "blocks_data"), 3);
     assert_eq!(count(&report, "blocks_zero"), size / BLOCK - 3);
     assert!(allocated(&fx.path("out.img")) <= 4 * BLOCK);
+
+    // --from names the store when --store names another.
+    let store = fx.store();
+    let elsewhere = fx.path("no-store-here");
+    fx.ok_at(
+        &elsewhere,
+        &[
+            "pull",
+            &snapshot,
+            "from.img",
+            "--from",
+            store.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_same_bytes(&fx.path("from.img"), &image);
 }
 
 #[test]

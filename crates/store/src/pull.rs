@@ -101,15 +101,12 @@ struct LocalFile {
 }
 
 impl LocalFile {
+    /// Opens `path`; `role` (seed, previous output) names it in messages.
     fn open(path: &Path, role: &str) -> Result<Self> {
         let name = path.display().to_string();
         let file = File::open(path).map_err(|source| StoreError::Io {
-            op: if role == "seed" {
-                "open the seed"
-            } else {
-                "open the previous output"
-            },
-            path: name.clone(),
+            op: "open",
+            path: format!("the {role} {name}"),
             source,
         })?;
         let meta = file.metadata().map_err(|source| StoreError::Io {

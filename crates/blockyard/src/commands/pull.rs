@@ -2,7 +2,9 @@
 //!
 //! The image is written to a temporary file beside OUTPUT and renamed over it only once
 //! every block is written and synced, so OUTPUT is the old image or the new one, never a
-//! mix, and the old one can be read for reusable blocks while the new one is written.
+//! mix, and the old one can be read for reusable blocks while the new one is written. A pull
+//! that fails removes its temporary file; one killed outright leaves it behind, hidden as
+//! `.OUTPUT.pull-PID`, until removed by hand (the next pull does not look for it).
 
 use std::fs::File;
 use std::os::unix::fs::FileTypeExt;
