@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -112,6 +112,9 @@ fn pulling_a_newer_night_over_the_older_output_fetches_only_the_changed_blocks()
     );
     assert_eq!(count(&first, "blocks_from_output"), 0);
 
+    let read_only = std::fs::Permissions::from_mode(0o440);
+    std::fs::set_permissions(&output, read_only).expect("chmod");
+
     promote(&fx, "ci-2", &nights.snap2);
     let second = pull(&fx, "ci@latest", &output, &[]);
     assert_same_bytes(&output, &nights.night2);
@@ -130,6 +133,15 @@ fn pulling_a_newer_night_over_the_older_output_fetches_only_the_changed_blocks()
         .map(|e| e.expect("entry").file_name())
         .collect();
     assert_eq!(leftovers, ["disk.img"], "no temporary file stays behind");
+    let mode = std::fs::metadata(&output)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o440,
+        "the new image keeps the old one's permissions"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! that fails removes its temporary file; one killed outright leaves it behind, hidden as
 //! `.OUTPUT.pull-PID`, until removed by hand (the next pull does not look for it).
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -49,7 +49,7 @@ pub(crate) async fn run(args: &PullArgs, store: &Store, out: Output) -> Result<(
         .transpose()?;
     let options = PullOptions {
         // An existing qcow2 output is not read: its blocks are not at their disk offsets.
-        previous: (existing && args.format == Format::Raw).then(|| output.clone()),
+        previous: (existing.is_some() && args.format == Format::Raw).then(|| output.clone()),
         seeds: args.seeds.clone(),
         cache,
     };
@@ -79,7 +79,7 @@ pub(crate) async fn run(args: &PullArgs, store: &Store, out: Output) -> Result<(
     let pulled = pull(store, &id, options, write, bar.clone()).await;
     bar.finish();
     let summary = match pulled.and_then(|summary| {
-        replace(&temporary, output)?;
+        replace(&temporary, output, existing.as_ref())?;
         Ok(summary)
     }) {
         Ok(summary) => summary,
@@ -130,10 +130,10 @@ pub(crate) async fn run(args: &PullArgs, store: &Store, out: Output) -> Result<(
     Ok(())
 }
 
-/// Whether OUTPUT exists as a regular file; refuses anything else that is there.
-fn check_output(output: &Path) -> Result<bool> {
+/// OUTPUT's metadata when it exists as a regular file; refuses anything else that is there.
+fn check_output(output: &Path) -> Result<Option<Metadata>> {
     match std::fs::metadata(output) {
-        Ok(meta) if meta.is_file() => Ok(true),
+        Ok(meta) if meta.is_file() => Ok(Some(meta)),
         Ok(meta) if meta.is_dir() => {
             bail!(
                 "{} is a directory; give a file name to pull into",
@@ -148,7 +148,7 @@ fn check_output(output: &Path) -> Result<bool> {
             "{} is not a regular file; give a file name to pull into",
             output.display()
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot inspect {}", output.display())),
     }
 }
@@ -167,13 +167,21 @@ fn temporary_path(output: &Path) -> Result<PathBuf> {
     Ok(output.with_file_name(temporary))
 }
 
-/// Renames the finished (and synced) image over `output` and syncs the folder, so the
-/// rename survives a crash.
-fn replace(temporary: &Path, output: &Path) -> Result<(), blockyard_store::StoreError> {
+/// Renames the finished (and synced) image over `output`, with the permissions of the file
+/// it replaces, and syncs the folder, so the rename survives a crash.
+fn replace(
+    temporary: &Path,
+    output: &Path,
+    replaced: Option<&Metadata>,
+) -> Result<(), blockyard_store::StoreError> {
     let io_error = |op: &'static str| {
         let path = output.display().to_string();
         move |source| blockyard_store::StoreError::Io { op, path, source }
     };
+    if let Some(meta) = replaced {
+        std::fs::set_permissions(temporary, meta.permissions())
+            .map_err(io_error("set the permissions of the new"))?;
+    }
     std::fs::rename(temporary, output).map_err(io_error("replace"))?;
     let folder = match output.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
