@@ -230,6 +230,41 @@ impl LocalBlocks {
 /// sink) on a thread of its own with every data block in order, each taken from the first
 /// of the previous output, the seeds, the cache and the store that holds it, and verified
 /// against its id. Trims the cache at the end.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// use blockyard_formats::FileSink;
+/// use blockyard_formats::export::{BlockFeed, ExportLayout, write_raw};
+/// use blockyard_store::{Location, NoProgress, PullOptions, SnapshotOptions, SnapshotWriter};
+/// use blockyard_store::{Store, pull};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = Store::init(&Location::Memory, Default::default()).await?;
+/// let block = store.block_size() as usize;
+/// let options = SnapshotOptions { size: 2 * block as u64, ..Default::default() };
+/// let writer = SnapshotWriter::begin(&store, options).await?;
+/// writer.put_block(0, vec![7u8; block]).await?;
+/// writer.put_block(1, vec![8u8; block]).await?;
+/// let record = writer.commit().await?;
+///
+/// // A seed that holds block 0 already: only block 1 is fetched.
+/// let dir = tempfile::tempdir()?;
+/// let seed = dir.path().join("seed.img");
+/// std::fs::write(&seed, vec![7u8; block])?;
+/// let output = dir.path().join("disk.img");
+/// let mut sink = FileSink::create(&output)?;
+/// let write = move |layout: &ExportLayout, feed: &mut dyn BlockFeed| {
+///     write_raw(layout, feed, &mut sink)
+/// };
+/// let options = PullOptions { seeds: vec![seed], ..Default::default() };
+/// let summary = pull(&store, &record.id, options, write, Arc::new(NoProgress)).await?;
+/// assert_eq!(summary.blocks_from_seeds_by_position, 1);
+/// assert_eq!(summary.blocks_fetched, 1);
+/// assert_eq!(std::fs::read(&output)?[block..], vec![8u8; block]);
+/// # Ok(())
+/// # }
+/// ```
 pub async fn pull<W>(
     store: &Store,
     id: &SnapshotId,
