@@ -5,6 +5,11 @@
 //! mix, and the old one can be read for reusable blocks while the new one is written. A pull
 //! that fails removes its temporary file; one killed outright leaves it behind, hidden as
 //! `.OUTPUT.pull-PID`, until removed by hand (the next pull does not look for it).
+//!
+//! Known shortcoming: every data block is written, even one the old OUTPUT already holds
+//! at its place, so an unchanged image costs a full local write (and twice its space while
+//! the pull runs). Updating OUTPUT in place, or a reflinked copy of it, would write only
+//! the changed blocks; that needs a crash-safe way to tell a half-updated OUTPUT apart.
 
 use std::fs::{File, Metadata};
 use std::os::unix::fs::FileTypeExt;
