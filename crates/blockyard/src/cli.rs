@@ -74,6 +74,9 @@ pub(crate) enum Command {
     Snapshot(SnapshotCommand),
     /// Write a snapshot out as a raw disk: a sparse file or a block device.
     Restore(RestoreArgs),
+    /// Write an image to a file, fetching only the blocks that neither the file (an older
+    /// version) nor a seed file nor the block cache holds.
+    Pull(PullArgs),
     /// Import a disk image (raw, qcow2, VMDK, VHD, VHDX or OVA) from a file or an s3:// URL:
     /// one snapshot per disk.
     Import(ImportArgs),
@@ -448,6 +451,33 @@ pub(crate) struct RestoreArgs {
     /// Replace OUTPUT if it is an existing file.
     #[arg(long)]
     pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PullArgs {
+    /// The snapshot or image: snap-…, img-…, FAMILY@latest, FAMILY@N, IMAGE:DEVICE.
+    pub(crate) snapshot: String,
+    /// The file to write. When it exists as a raw image (an older version), its blocks are
+    /// reused where they still fit; it is replaced once the pull is complete.
+    pub(crate) output: PathBuf,
+    /// The store to pull from (a name from the config file or a location); default: --store.
+    #[arg(long, value_name = "STORE")]
+    pub(crate) from: Option<String>,
+    /// A raw disk image that probably shares blocks with the image, read by position and
+    /// then by content; may be repeated.
+    #[arg(long = "seed", value_name = "FILE")]
+    pub(crate) seeds: Vec<PathBuf>,
+    /// A folder of blocks that pulls on this machine share: read before the store, filled
+    /// with what is fetched.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cache: Option<PathBuf>,
+    /// The cache's bound; the least recently used blocks go first: 10G, 500M.
+    #[arg(long, value_name = "SIZE", default_value = "10G", requires = "cache",
+          value_parser = crate::units::parse_size)]
+    pub(crate) cache_size: u64,
+    /// The format to write: raw (sparse) or qcow2.
+    #[arg(long, value_name = "FORMAT", default_value = "raw")]
+    pub(crate) format: blockyard_formats::Format,
 }
 
 #[derive(Debug, Args)]

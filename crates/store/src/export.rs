@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use blockyard_formats::FormatError;
 use blockyard_formats::export::{BlockFeed, ExportLayout};
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::error::{Result, StoreError};
@@ -66,18 +66,13 @@ where
     };
     progress.start(record.size);
 
-    let (tx, rx): (SyncSender<(u64, Vec<u8>)>, _) = std::sync::mpsc::sync_channel(READ_AHEAD);
-    let writer_layout = layout.clone();
-    let writer = std::thread::Builder::new()
-        .name("blockyard-export".into())
-        .spawn(move || {
-            let mut feed = ChannelFeed { blocks: rx };
-            write(&writer_layout, &mut feed)
-        })
-        .map_err(|e| StoreError::Task(format!("cannot start the export thread: {e}")))?;
-
     let reader = &reader;
-    let mut blocks = futures::stream::iter(data_blocks)
+    let mut summary = ExportSummary {
+        size: record.size,
+        blocks_data: 0,
+        bytes_data: 0,
+    };
+    let blocks = futures::stream::iter(data_blocks)
         .map(|(index, _)| async move {
             let data = reader
                 .read_block(index)
@@ -89,18 +84,43 @@ where
                 })?;
             Ok::<_, StoreError>((index, data))
         })
-        .buffered(READ_AHEAD);
-    let mut summary = ExportSummary {
-        size: record.size,
-        blocks_data: 0,
-        bytes_data: 0,
-    };
+        .buffered(READ_AHEAD)
+        .map_ok(|(index, data)| {
+            summary.blocks_data += 1;
+            summary.bytes_data += data.len() as u64;
+            (index, data)
+        });
+    write_blocks(&layout, blocks, write, progress.as_ref()).await?;
+    Ok(summary)
+}
+
+/// Runs `write` on a thread of its own with `layout` and the data blocks `blocks` yields,
+/// which must be the layout's, in order. Reports progress by the disk's bytes covered.
+pub(crate) async fn write_blocks<W, S>(
+    layout: &ExportLayout,
+    blocks: S,
+    write: W,
+    progress: &dyn Progress,
+) -> Result<()>
+where
+    W: FnOnce(&ExportLayout, &mut dyn BlockFeed) -> Result<(), FormatError> + Send + 'static,
+    S: Stream<Item = Result<(u64, Vec<u8>)>>,
+{
+    let (tx, rx): (SyncSender<(u64, Vec<u8>)>, _) = std::sync::mpsc::sync_channel(READ_AHEAD);
+    let writer_layout = layout.clone();
+    let writer = std::thread::Builder::new()
+        .name("blockyard-export".into())
+        .spawn(move || {
+            let mut feed = ChannelFeed { blocks: rx };
+            write(&writer_layout, &mut feed)
+        })
+        .map_err(|e| StoreError::Task(format!("cannot start the export thread: {e}")))?;
+
+    let mut blocks = std::pin::pin!(blocks);
     let mut covered = 0u64;
     let fetched: Result<()> = async {
         while let Some((index, data)) = blocks.try_next().await? {
-            summary.blocks_data += 1;
-            summary.bytes_data += data.len() as u64;
-            let end = index * record.block_size + data.len() as u64;
+            let end = index * layout.block_size + data.len() as u64;
             // The writer stopped early; its own error says why.
             if tx.send((index, data)).is_err() {
                 break;
@@ -119,6 +139,6 @@ where
         .map_err(|_| StoreError::Task("the export thread panicked".into()))?;
     fetched?;
     written.map_err(StoreError::Output)?;
-    progress.advance(record.size - covered);
-    Ok(summary)
+    progress.advance(layout.size - covered);
+    Ok(())
 }

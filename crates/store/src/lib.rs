@@ -29,6 +29,7 @@
 
 #![deny(missing_docs)]
 
+mod block_cache;
 mod catalog;
 mod check;
 mod codec;
@@ -48,6 +49,7 @@ mod location;
 mod object_sink;
 mod object_source;
 mod progress;
+mod pull;
 mod raw;
 mod reader;
 mod recycle;
@@ -60,6 +62,7 @@ mod snapshot;
 mod store;
 mod writer;
 
+pub use block_cache::{BlockCache, CacheTrim, DEFAULT_CACHE_BYTES};
 pub use catalog::{
     Architecture, BootMode, Device, ImageId, ImageRecord, NewImage, deregister_image, image,
     images, put_image, register_image, update_image, validate_label,
@@ -86,6 +89,7 @@ pub use location::Location;
 pub use object_sink::ObjectUpload;
 pub use object_source::{ObjectResolver, ObjectSource, open_object, open_object_url};
 pub use progress::{NoProgress, Progress};
+pub use pull::{PullOptions, PullSummary, pull};
 pub use raw::{RawStore, image_snapshots, record_segments, segment_of};
 pub use reader::{ChangedBlock, SnapshotReader, diff};
 pub use recycle::{

@@ -7,6 +7,7 @@ mod gc;
 mod image;
 mod import;
 mod key;
+mod pull;
 mod recycle;
 mod restore;
 mod snapshot;
@@ -35,6 +36,10 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         Command::Restore(args) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             restore::run(args, &store, out).await
+        }
+        Command::Pull(args) => {
+            let store = open(&config.choose(&cli.global, args.from.as_deref())?).await?;
+            pull::run(args, &store, out).await
         }
         Command::Import(args) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
