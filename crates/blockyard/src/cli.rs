@@ -102,6 +102,23 @@ pub(crate) enum Command {
     /// Delete the blocks and segments no snapshot references (not even one in the recycle
     /// bin), safely while other machines write to the store.
     Gc(GcArgs),
+    /// Check a pipeline file: families, bases, update commands, home and region stores,
+    /// retention and prices. Only --check works yet; running pipelines is not built.
+    Bake(BakeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BakeArgs {
+    /// The pipeline file (TOML; see the README's Pipelines section).
+    #[arg(value_name = "PIPELINE.toml")]
+    pub(crate) file: PathBuf,
+    /// Parse and validate the file against the config file's stores, print the pipelines,
+    /// and run nothing. Required for now: running pipelines is not built yet.
+    #[arg(long)]
+    pub(crate) check: bool,
+    /// Only the pipeline of this name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) only: Option<String>,
 }
 
 #[derive(Debug, Args)]

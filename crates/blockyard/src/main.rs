@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod image;
 mod output;
+mod pipeline;
 mod settings;
 mod units;
 

@@ -1,5 +1,6 @@
 //! One module per command group; each turns parsed options into store calls and output.
 
+mod bake;
 mod check;
 mod copy;
 mod export;
@@ -91,6 +92,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let store = open(&config.choose(&cli.global, None)?).await?;
             recycle::run(command, &store, out).await
         }
+        Command::Bake(args) => bake::run(args, &config, out),
         Command::Key(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             key::run(command, &store, out).await
