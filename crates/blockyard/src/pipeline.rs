@@ -100,7 +100,7 @@ pub(crate) struct Base {
 pub(crate) struct FirstImport {
     /// A path (relative ones resolved against the pipeline file's folder) or an s3:// URL.
     pub(crate) from: String,
-    /// Its format, as `blockyard import --format`; none means detect it.
+    /// Its format's canonical name (`qcow2`, `vmdk`, ...); none means detect it on import.
     pub(crate) format: Option<String>,
 }
 
@@ -207,7 +207,7 @@ struct RawPipeline {
 #[serde(deny_unknown_fields)]
 struct RawFirstImport {
     from: Spanned<String>,
-    format: Option<String>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,14 +247,18 @@ pub(crate) fn parse(
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         // toml's message may end in a newline; the place goes in front instead. serde says
         // "field" where a TOML user thinks "key".
-        let message = e
-            .message()
-            .trim_end()
-            .replace('`', "\"")
-            .replace("unknown field", "unknown key")
-            .replace(", expected one of", "; known keys:")
-            .replace(", expected", "; the known key is");
-        at(e.span().unwrap_or(0..0), message)
+        let mut message = e.message().trim_end().replace('`', "\"");
+        if message.starts_with("unknown field") {
+            message = message
+                .replace("unknown field", "unknown key")
+                .replace(", expected one of", "; known keys:")
+                .replace(", expected", "; known keys:");
+        }
+        let span = e.span().unwrap_or(0..0);
+        match pipeline_name_at(text, span.start) {
+            Some(name) => at(span, format!("in pipeline {name:?}: {message}")),
+            None => at(span, message),
+        }
     })?;
     if raw.pipeline.is_empty() {
         return Err(at(
@@ -315,10 +319,23 @@ fn check(
                 format!("in pipeline {name:?}: first_import.from is empty"),
             ));
         }
-        Some(import) => Some(FirstImport {
-            from: import.from.into_inner(),
-            format: import.format,
-        }),
+        Some(import) => {
+            let format = match import.format {
+                Some(format) => Some(
+                    format
+                        .get_ref()
+                        .parse::<blockyard_formats::Format>()
+                        .map_err(|e| at(format.span(), format!("in pipeline {name:?}: {e}")))?
+                        .name()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            Some(FirstImport {
+                from: import.from.into_inner(),
+                format,
+            })
+        }
         None => None,
     };
 
@@ -438,6 +455,22 @@ fn check(
     })
 }
 
+/// The name of the `[[pipeline]]` table that byte `offset` of `text` lies in, when the text
+/// is valid TOML and that table has a name; for errors that serde reports without it.
+fn pipeline_name_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let headers = before
+        .lines()
+        .filter(|line| line.replace(' ', "").starts_with("[[pipeline]]"))
+        .count();
+    let table: toml::Table = text.parse().ok()?;
+    let pipeline = table
+        .get("pipeline")?
+        .as_array()?
+        .get(headers.checked_sub(1)?)?;
+    Some(pipeline.get("name")?.as_str()?.to_owned())
+}
+
 /// The 1-based line and column (in characters) of byte `offset` in `text`.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let mut end = offset.min(text.len());
@@ -543,7 +576,13 @@ prices = { per_gb_moved = 0.09 }
         let error = parse_text(&text).expect_err("unknown key");
 
         assert_eq!((error.line, error.column), (9, 1), "{error}");
-        assert!(error.message.contains("unknown key \"regoins\""), "{error}");
+        assert!(
+            error
+                .message
+                .starts_with("in pipeline \"adas\": unknown key \"regoins\""),
+            "{error}"
+        );
+        assert!(error.message.contains("; known keys: \"name\""), "{error}");
         assert!(error.message.contains("\"regions\""), "{error}");
         assert!(
             error.to_string().starts_with("nightly.toml:9:1: "),
@@ -559,7 +598,12 @@ prices = { per_gb_moved = 0.09 }
 
         assert_eq!((error.line, error.column), (9, 18), "{error}");
         assert!(error.message.contains("\"frankfurt\""), "{error}");
-        assert!(error.message.contains("home, eu, us") || error.message.contains("eu, home"));
+        assert!(
+            error
+                .message
+                .ends_with("the config file names eu, home, us"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -620,6 +664,54 @@ prices = { per_gb_moved = 0.09 }
             let error = parse_text(&with_line(line, replacement)).expect_err(replacement);
             assert_eq!(error.line, line, "{replacement}: {error}");
         }
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_second_pipeline_names_that_pipeline() {
+        let text = with_line(20, r#"volumes = "qcow2""#);
+
+        let error = parse_text(&text).expect_err("unknown key");
+
+        assert_eq!(error.line, 20, "{error}");
+        assert!(
+            error.message.starts_with("in pipeline \"builder\": "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_image_format_is_refused_and_a_known_one_made_canonical() {
+        let refused = with_line(
+            6,
+            r#"first_import = { from = "base.img", format = "qcow3" }"#,
+        );
+        let error = parse_text(&refused).expect_err("unknown format");
+        assert_eq!((error.line, error.column), (6, 46), "{error}");
+
+        let accepted = with_line(6, r#"first_import = { from = "base.img", format = "VPC" }"#);
+        let file = parse_text(&accepted).expect("vpc is VHD");
+        let import = file.pipelines[0]
+            .base
+            .first_import
+            .as_ref()
+            .expect("an import");
+        assert_eq!(import.format.as_deref(), Some("vhd"));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_with_its_line_and_pipeline() {
+        let text = with_line(12, r#"keep_last = "3""#);
+
+        let error = parse_text(&text).expect_err("a string for a number");
+
+        assert_eq!((error.line, error.column), (12, 13), "{error}");
+        assert!(
+            error
+                .message
+                .starts_with("in pipeline \"adas\": invalid type"),
+            "{error}"
+        );
+        assert!(error.message.contains("expected usize"), "{error}");
     }
 
     #[test]
