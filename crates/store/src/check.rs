@@ -166,15 +166,8 @@ pub async fn check(
 async fn binned_blocks(store: &Store) -> Result<HashSet<ObjectId>> {
     let raw = store.raw();
     let mut segments = BTreeSet::new();
-    for meta in raw
-        .list(&object_store::path::Path::from("recycle/snapshots"))
-        .await?
-    {
-        let Some(id) = meta
-            .location
-            .filename()
-            .and_then(|name| name.parse::<SnapshotId>().ok())
-        else {
+    for meta in raw.list(&crate::layout::binned_snapshots()).await? {
+        let Some(id) = crate::layout::snapshot_of(&meta.location) else {
             continue;
         };
         let Some(sealed) = raw.get(&meta.location).await? else {

@@ -45,6 +45,26 @@ impl BlockFeed for ChannelFeed {
     }
 }
 
+/// Opens snapshot `id` for writing out: its reader, its data blocks with their ids, and
+/// the layout a format writer needs.
+pub(crate) async fn open_layout(
+    store: &Store,
+    id: &SnapshotId,
+) -> Result<(
+    SnapshotReader,
+    Vec<(u64, blockyard_crypto::ObjectId)>,
+    ExportLayout,
+)> {
+    let reader = SnapshotReader::open(store, id).await?;
+    let data_blocks = reader.data_blocks().await?;
+    let layout = ExportLayout {
+        size: reader.record().size,
+        block_size: reader.record().block_size,
+        data_blocks: data_blocks.iter().map(|(index, _)| *index).collect(),
+    };
+    Ok((reader, data_blocks, layout))
+}
+
 /// Exports snapshot `id`: computes its layout, then runs `write` on a thread of its own
 /// with the layout and the data blocks in order. `write` is a format writer with its sink.
 pub async fn export<W>(
@@ -56,14 +76,8 @@ pub async fn export<W>(
 where
     W: FnOnce(&ExportLayout, &mut dyn BlockFeed) -> Result<(), FormatError> + Send + 'static,
 {
-    let reader = SnapshotReader::open(store, id).await?;
+    let (reader, data_blocks, layout) = open_layout(store, id).await?;
     let record = reader.record().clone();
-    let data_blocks = reader.data_blocks().await?;
-    let layout = ExportLayout {
-        size: record.size,
-        block_size: record.block_size,
-        data_blocks: data_blocks.iter().map(|(index, _)| *index).collect(),
-    };
     progress.start(record.size);
 
     let reader = &reader;

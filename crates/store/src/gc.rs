@@ -509,13 +509,9 @@ async fn mark(
     let raw = store.raw();
     let mut records = Vec::new();
     let mut segments: Vec<ObjectId> = known_segments.to_vec();
-    for folder in [layout::snapshots(), Path::from("recycle/snapshots")] {
+    for folder in [layout::snapshots(), layout::binned_snapshots()] {
         for meta in raw.list(&folder).await? {
-            let Some(id) = meta
-                .location
-                .filename()
-                .and_then(|name| name.parse::<SnapshotId>().ok())
-            else {
+            let Some(id) = layout::snapshot_of(&meta.location) else {
                 continue;
             };
             records.push(id);
@@ -525,7 +521,7 @@ async fn mark(
             let Some(sealed) = raw.get(&meta.location).await? else {
                 // Moved between the bin and its place since the listing: read it there.
                 let other = if folder == layout::snapshots() {
-                    Path::from(format!("recycle/snapshots/{id}"))
+                    layout::binned_snapshots().child(id.to_string())
                 } else {
                     layout::snapshot(&id)
                 };

@@ -61,6 +61,16 @@ pub(crate) fn snapshot(id: &SnapshotId) -> Path {
     Path::from(format!("snapshots/{id}"))
 }
 
+/// The folder holding the commit records of snapshots in the recycle bin.
+pub(crate) fn binned_snapshots() -> Path {
+    Path::from("recycle/snapshots")
+}
+
+/// The snapshot id that a commit record's path (live or binned) ends in, if it is one.
+pub(crate) fn snapshot_of(path: &Path) -> Option<SnapshotId> {
+    path.filename()?.parse().ok()
+}
+
 /// The translation of a segment of another key domain into this store's ids.
 pub(crate) fn copy_map(domain: &str, segment: &ObjectId) -> Path {
     sharded(&format!("copymaps/{domain}"), segment)

@@ -35,9 +35,8 @@ use serde::Serialize;
 
 use crate::block_cache::{BlockCache, CacheTrim};
 use crate::error::{Result, StoreError};
-use crate::export::write_blocks;
+use crate::export::{open_layout, write_blocks};
 use crate::progress::Progress;
-use crate::reader::SnapshotReader;
 use crate::{SnapshotId, Store};
 
 /// Blocks looked up and fetched ahead of the writer.
@@ -275,14 +274,8 @@ pub async fn pull<W>(
 where
     W: FnOnce(&ExportLayout, &mut dyn BlockFeed) -> Result<(), FormatError> + Send + 'static,
 {
-    let reader = SnapshotReader::open(store, id).await?;
+    let (reader, data_blocks, layout) = open_layout(store, id).await?;
     let record = reader.record().clone();
-    let data_blocks = reader.data_blocks().await?;
-    let layout = ExportLayout {
-        size: record.size,
-        block_size: record.block_size,
-        data_blocks: data_blocks.iter().map(|(index, _)| *index).collect(),
-    };
     let local = Arc::new(LocalBlocks {
         store: store.clone(),
         block_size: record.block_size,

@@ -44,6 +44,22 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
 }
 
+/// Options for a run that leaves what it must wait for to the next gc.
+fn no_wait() -> GcOptions {
+    GcOptions {
+        wait: false,
+        ..quick()
+    }
+}
+
+/// A session, and a run it holds back: marked, its deleting left to a later gc.
+async fn held_back_run(store: &Store) -> (Session, GcReport) {
+    let older = Session::begin(&store.raw(), "test").await.expect("session");
+    let report = gc(store, &no_wait()).await;
+    assert!(report.run.is_some(), "nothing was condemned: {report:?}");
+    (older, report)
+}
+
 /// Deletes a snapshot into the bin and purges the bin, as retention and `recycle purge` do.
 async fn forget(store: &Store, id: &SnapshotId) {
     recycle(store, &id.to_string()).await.expect("recycle");
@@ -175,12 +191,7 @@ pub(crate) async fn a_run_waits_for_an_older_session_and_the_next_gc_finishes_it
     forget(&store, &a.id).await;
     settle().await;
 
-    let older = Session::begin(&store.raw(), "test").await.expect("session");
-    let no_wait = GcOptions {
-        wait: false,
-        ..quick()
-    };
-    let first = gc(&store, &no_wait).await;
+    let (older, first) = held_back_run(&store).await;
     let run = first.run.clone().expect("a run");
     assert_eq!(first.pending, std::slice::from_ref(&run), "{first:?}");
     assert_eq!(
@@ -190,7 +201,7 @@ pub(crate) async fn a_run_waits_for_an_older_session_and_the_next_gc_finishes_it
     );
 
     older.end().await.expect("end");
-    let second = gc(&store, &no_wait).await;
+    let second = gc(&store, &no_wait()).await;
     assert_eq!(second.resumed, [run], "{second:?}");
     assert_eq!(
         (second.blocks_deleted, second.segments_deleted),
@@ -209,12 +220,8 @@ pub(crate) async fn a_writer_that_starts_after_the_mark_keeps_the_condemned_bloc
     settle().await;
 
     // A run is marked and held back by an older session.
-    let older = Session::begin(&store.raw(), "test").await.expect("session");
-    let no_wait = GcOptions {
-        wait: false,
-        ..quick()
-    };
-    let run = gc(&store, &no_wait).await.run.expect("a run");
+    let (older, first) = held_back_run(&store).await;
+    let run = first.run.expect("a run");
     // The writer must start in a later second than the mark.
     settle().await;
 
@@ -227,7 +234,7 @@ pub(crate) async fn a_writer_that_starts_after_the_mark_keeps_the_condemned_bloc
         writer.put_block(*index, data.clone()).await.expect("put");
     }
     older.end().await.expect("end");
-    let swept = gc(&store, &no_wait).await;
+    let swept = gc(&store, &no_wait()).await;
     assert_eq!(swept.resumed, [run], "{swept:?}");
     assert!(swept.spared >= 1, "{swept:?}");
     assert_eq!(swept.blocks_deleted, 0, "{swept:?}");
@@ -516,17 +523,8 @@ pub(crate) async fn a_writer_that_meets_a_sweep_under_way_waits_for_it_to_finish
     let [(a, a_blocks), b, _] = three_snapshots(&store).await;
     forget(&store, &a.id).await;
     settle().await;
-    let older = Session::begin(&store.raw(), "test").await.expect("session");
-    let run = gc(
-        &store,
-        &GcOptions {
-            wait: false,
-            ..quick()
-        },
-    )
-    .await
-    .run
-    .expect("a run");
+    let (older, first) = held_back_run(&store).await;
+    let run = first.run.expect("a run");
     settle().await;
     // As if the run had begun deleting.
     backend
