@@ -120,6 +120,7 @@ casync make --store="$run/casync.castr" "$run/night2.caibx" "$night2" >/dev/null
 out=$run/out.img
 warm "$night1" "$run/night2.qcow2" "$run/night2.caibx"
 find "$store" "$run/casync.castr" -type f -exec cat {} + >/dev/null
+wait_for_quiet 300
 
 # The timed shells take their paths as arguments, expanded inside them.
 # shellcheck disable=SC2016
