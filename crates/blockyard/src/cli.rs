@@ -125,7 +125,12 @@ pub(crate) struct BakeArgs {
 pub(crate) struct GcArgs {
     /// Never condemn what is younger than this, and delete what is condemned no sooner
     /// than this after: 10m, 1h, 0s.
-    #[arg(long, default_value = "10m", value_name = "DUR", value_parser = crate::units::parse_duration)]
+    #[arg(
+        long,
+        default_value = "10m",
+        value_name = "DUR",
+        value_parser = crate::units::parse_duration
+    )]
     pub(crate) grace: std::time::Duration,
     /// Say what would be condemned; change nothing.
     #[arg(long)]
@@ -135,7 +140,12 @@ pub(crate) struct GcArgs {
     #[arg(long)]
     pub(crate) no_wait: bool,
     /// Take a writer session that has not beaten its heartbeat for this long for dead.
-    #[arg(long, default_value = "5m", value_name = "DUR", value_parser = crate::units::parse_duration)]
+    #[arg(
+        long,
+        default_value = "5m",
+        value_name = "DUR",
+        value_parser = crate::units::parse_duration
+    )]
     pub(crate) session_timeout: std::time::Duration,
     /// Deletes in flight at once.
     #[arg(long, default_value_t = blockyard_store::DEFAULT_DELETE_CONCURRENCY)]

@@ -248,7 +248,12 @@ pub async fn collect_garbage(
     raw.put(&marked, Bytes::from(format!("{number} lists\n")))
         .await?;
     let mark_time = raw.last_modified(&marked).await?;
-    tracing::info!(run = %name, blocks = condemned.blocks.len(), segments = condemned.segments.len(), "condemned");
+    tracing::info!(
+        run = %name,
+        blocks = condemned.blocks.len(),
+        segments = condemned.segments.len(),
+        "condemned"
+    );
     report.run = Some(name.clone());
 
     let run = Run {
