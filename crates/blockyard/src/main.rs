@@ -1,5 +1,6 @@
 //! The `blockyard` command.
 
+mod bake;
 mod cli;
 mod commands;
 mod image;
