@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use blockyard_crypto::ObjectId;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tracing::debug;
 
@@ -182,7 +182,7 @@ pub struct DestinationReport {
 }
 
 /// Requests made of one store, as attempts of each kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestTotals {
     /// Object reads.
     pub get: u64,
