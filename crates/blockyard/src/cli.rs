@@ -102,8 +102,9 @@ pub(crate) enum Command {
     /// Delete the blocks and segments no snapshot references (not even one in the recycle
     /// bin), safely while other machines write to the store.
     Gc(GcArgs),
-    /// Check a pipeline file: families, bases, update commands, home and region stores,
-    /// retention and prices. Only --check works yet; running pipelines is not built.
+    /// Run the nightly pipelines of a pipeline file: update the base on a volume, snapshot
+    /// it, register it, copy it to every region, promote it everywhere, apply retention and
+    /// report; --check only validates the file.
     Bake(BakeArgs),
 }
 
@@ -113,12 +114,20 @@ pub(crate) struct BakeArgs {
     #[arg(value_name = "PIPELINE.toml")]
     pub(crate) file: PathBuf,
     /// Parse and validate the file against the config file's stores, print the pipelines,
-    /// and run nothing. Required for now: running pipelines is not built yet.
-    #[arg(long)]
+    /// and run nothing.
+    #[arg(long, conflicts_with = "resume")]
     pub(crate) check: bool,
     /// Only the pipeline of this name.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "resume")]
     pub(crate) only: Option<String>,
+    /// Carry on run RUN (its id, or the path of its report) where it stopped: regions that
+    /// received the image are not copied to again, and nothing finished is redone.
+    #[arg(long, value_name = "RUN")]
+    pub(crate) resume: Option<String>,
+    /// The folder for run reports, update logs and volumes [default: .bake beside the
+    /// pipeline file].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) work: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

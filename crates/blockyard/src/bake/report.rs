@@ -123,8 +123,13 @@ pub(crate) struct SnapshotMade {
     pub(crate) bytes_read: u64,
     /// Blocks the home store had to take.
     pub(crate) blocks_new: u64,
+    /// Blocks of the volume the home store held already: unchanged, or the same content
+    /// elsewhere.
+    pub(crate) blocks_reused: u64,
     /// Bytes the home store took, as stored (compressed and sealed).
     pub(crate) bytes_stored: u64,
+    /// Requests made of the home store to take the snapshot.
+    pub(crate) requests: u64,
 }
 
 /// One region of a pipeline.

@@ -1,15 +1,18 @@
-//! `blockyard bake`: for now only `--check`, which reads and validates a pipeline file.
+//! `blockyard bake`: runs a pipeline file's pipelines, resumes a run, or checks the file.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use anyhow::{Result, bail};
 
+use crate::bake::Bake;
+use crate::bake::report::Status;
 use crate::cli::BakeArgs;
 use crate::output::Output;
 use crate::pipeline::{self, Pipeline, PipelineFile};
 use crate::settings::ConfigFile;
 
-pub(crate) fn run(args: &BakeArgs, config: &ConfigFile, out: Output) -> Result<()> {
+pub(crate) async fn run(args: &BakeArgs, config: &ConfigFile, out: Output) -> Result<()> {
     let mut file = pipeline::load(&args.file, config)?;
 
     if let Some(only) = &args.only {
@@ -24,16 +27,47 @@ pub(crate) fn run(args: &BakeArgs, config: &ConfigFile, out: Output) -> Result<(
         file.pipelines.retain(|p| &p.name == only);
     }
 
-    // Running a pipeline needs the update runner and the fan-out, which do not exist yet; a
-    // file that passes --check today will be the one bake runs.
-    if !args.check {
-        bail!(
-            "running pipelines is not built yet; `blockyard bake {} --check` validates the file",
-            args.file.display()
-        );
+    if args.check {
+        out.emit(&file, || summary(&file))?;
+        return Ok(());
     }
 
-    out.emit(&file, || summary(&file))?;
+    let work = match &args.work {
+        Some(work) => work.clone(),
+        None => args
+            .file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join(".bake"),
+    };
+    let bake = Bake {
+        file: &args.file,
+        pipelines: &file,
+        config,
+        work,
+        out,
+    };
+    let (report, path) = match &args.resume {
+        Some(run) => bake.resume(run).await?,
+        None => bake.start().await?,
+    };
+    out.emit(&report, || crate::bake::describe(&report, &path))?;
+    if report.status != Status::Succeeded {
+        let failed: Vec<&str> = report
+            .pipelines
+            .iter()
+            .filter(|p| p.status != Status::Succeeded)
+            .map(|p| p.name.as_str())
+            .collect();
+        bail!(
+            "run {} failed in pipeline {}; `blockyard bake {} --resume {}` carries on",
+            report.run,
+            failed.join(", "),
+            args.file.display(),
+            report.run
+        );
+    }
     Ok(())
 }
 

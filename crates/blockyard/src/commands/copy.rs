@@ -17,7 +17,7 @@ use bytes::Bytes;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::cli::{CopyArgs, Global};
+use crate::cli::{CopyArgs, Global, KeyArgs};
 use crate::output::Output;
 use crate::settings::{ConfigFile, StoreChoice};
 use crate::units::bytes;
@@ -126,7 +126,7 @@ pub(crate) async fn run(
         let opened = open_destination(
             config,
             name,
-            args,
+            &args.to_key.to_key_args(),
             &source_choice,
             &source_raw,
             &mut source_keyed,
@@ -216,17 +216,17 @@ pub(crate) async fn run(
 
 /// Opens destination `name`: without keys when it shares the source's key domain, else
 /// with its key and with the source's (opened once, on first need).
-async fn open_destination(
+pub(crate) async fn open_destination(
     config: &ConfigFile,
     name: &str,
-    args: &CopyArgs,
+    to_key: &KeyArgs,
     source_choice: &StoreChoice,
     source_raw: &RawStore,
     source_keyed: &mut Option<Result<Store, String>>,
 ) -> std::result::Result<Endpoint, (String, String)> {
     let failed = |store: &str, error: anyhow::Error| (store.to_owned(), format!("{error:#}"));
     let choice = config
-        .choose_with_key(name, &args.to_key.to_key_args())
+        .choose_with_key(name, to_key)
         .map_err(|e| failed(name, e))?;
     let store_name = choice.location.to_string();
     if same_location(&choice.location, &source_choice.location) {
@@ -270,7 +270,7 @@ async fn open_destination(
 
 /// Stores an image's record at a destination that holds all its snapshots: the sealed
 /// bytes as they are within a key domain, else the record sealed again with its keys.
-async fn copy_image_record(
+pub(crate) async fn copy_image_record(
     source: &Endpoint,
     destination: &Endpoint,
     id: &ImageId,
@@ -351,14 +351,14 @@ fn describe(outcome: &Outcome) -> String {
 }
 
 /// One progress bar per destination: blocks planned and stored, bytes moved, ETA.
-struct Bars {
+pub(crate) struct Bars {
     _multi: MultiProgress,
     bars: Vec<ProgressBar>,
     moved: Vec<AtomicU64>,
 }
 
 impl Bars {
-    fn new(destinations: &[Endpoint], out: Output) -> Self {
+    pub(crate) fn new(destinations: &[Endpoint], out: Output) -> Self {
         let visible = !out.quiet && std::io::stderr().is_terminal();
         let multi = MultiProgress::with_draw_target(if visible {
             ProgressDrawTarget::stderr()
@@ -387,7 +387,7 @@ impl Bars {
         }
     }
 
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         for bar in &self.bars {
             bar.finish_and_clear();
         }

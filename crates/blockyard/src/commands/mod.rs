@@ -2,7 +2,7 @@
 
 mod bake;
 mod check;
-mod copy;
+pub(crate) mod copy;
 mod export;
 mod gc;
 mod image;
@@ -92,7 +92,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             let store = open(&config.choose(&cli.global, None)?).await?;
             recycle::run(command, &store, out).await
         }
-        Command::Bake(args) => bake::run(args, &config, out),
+        Command::Bake(args) => bake::run(args, &config, out).await,
         Command::Key(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             key::run(command, &store, out).await
@@ -101,7 +101,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
 }
 
 /// Opens the chosen store with its master key, if it has one.
-async fn open(choice: &StoreChoice) -> Result<Store> {
+pub(crate) async fn open(choice: &StoreChoice) -> Result<Store> {
     let key = master_key(&choice.key)?;
     Ok(Store::open(&choice.location, key.as_ref()).await?)
 }
