@@ -57,7 +57,7 @@ report() {
     # The newest run report, and its page.
     local json
     json=$(ls -t .bake/runs/*.json | head -n 1)
-    by report "$json" --html "${json%.json}.html"
+    : by report "$json" --html "${json%.json}.html"
     echo "report: $json and ${json%.json}.html"
 }
 
@@ -70,9 +70,11 @@ for night in 1 2; do
         echo
         echo "== a CI runner pulls night 1 from region eu"
         by --json pull ci@latest runner/ci.img --from eu > runner/pull1.json
-        python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(
-            f"night 1: {p[\"bytes_fetched\"] / 1e6:.1f} MB fetched in {p[\"seconds\"]:.2f} s")' \
-            runner/pull1.json
+        python3 - runner/pull1.json <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+print(f"night 1: {p['bytes_fetched'] / 1e6:.1f} MB fetched in {p['seconds']:.2f} s")
+PY
     fi
 done
 

@@ -335,7 +335,17 @@ impl PipelineRunner<'_, '_> {
         let folder = self.bake.work.join("volumes").join(&pipeline.name);
         let run = self.report.run.clone();
         let start = self.now();
-        let result = volume::prepare(home, &folder, &base.snapshot, &run, pipeline.volume).await;
+        // The file a first base was imported from holds its blocks: a seed that saves
+        // fetching them back.
+        let seeds: Vec<PathBuf> = base
+            .imported_from
+            .iter()
+            .filter(|from| !from.contains("://"))
+            .map(PathBuf::from)
+            .filter(|path| path.is_file())
+            .collect();
+        let result =
+            volume::prepare(home, &folder, &base.snapshot, &run, pipeline.volume, seeds).await;
         let prepared = self.record("volume", &home_name, start, result)?;
         self.entry().volume = Some(VolumeUsed {
             path: prepared.path.clone(),
@@ -806,10 +816,17 @@ fn describe_pipeline(text: &mut String, p: &PipelineRun) {
     if let Some(volume) = &p.volume {
         let _ = writeln!(
             text,
-            "  volume    {} {} by {}, {} fetched",
+            "  volume    {} {} ({}, {} fetched)",
             volume.kind,
             volume.path.display(),
-            volume.made_by,
+            match volume.made_by.as_str() {
+                "moved" => "the image the last run kept",
+                "reflink" => "a reflink of another pipeline's image",
+                "copy" => "a copy of another pipeline's image",
+                "pull" => "pulled from home",
+                "overlay" => "an overlay",
+                other => other,
+            },
             bytes(volume.bytes_fetched)
         );
     }

@@ -90,10 +90,11 @@ pub(crate) struct VolumeUsed {
     pub(crate) path: PathBuf,
     /// `raw` or `qcow2`.
     pub(crate) kind: String,
-    /// How the volume was made: `reflink`, `copy` (of the last run's volume), `pull` (from
-    /// the home store) or `overlay`.
+    /// How the volume was made: `moved` (the image the last run kept became the volume),
+    /// `reflink` or `copy` (of an image another pipeline kept), `pull` (from the home store)
+    /// or `overlay` (qcow2 on a kept or pulled image).
     pub(crate) made_by: String,
-    /// Blocks fetched from the home store to make it; 0 for a reflink or a copy.
+    /// Blocks fetched from the home store to make it; 0 but for a pull.
     pub(crate) bytes_fetched: u64,
 }
 

@@ -1,14 +1,20 @@
-//! The writable disk a pipeline's update command works on, and the local copy of the last
+//! The writable disk a pipeline's update command works on, and the local image of the last
 //! one that makes the next night's cheap.
 //!
 //! Each pipeline has a folder of its own under the work folder. Besides the volume of the
 //! run under way (`run-RUN.raw` or `run-RUN.qcow2`) it keeps at most one raw image named
 //! after the snapshot it holds (`snap-….raw`): the volume the last run snapshotted. The next
-//! run, whose base is that snapshot, starts from a clone of it (a reflink where the file
-//! system shares extents, else a sparse copy) and fetches nothing. When the cached image is
-//! of another snapshot (another producer promoted an image, or the last run used an
-//! overlay), the base is pulled from the home store with the stale image as a seed, so only
-//! the blocks that differ travel.
+//! run, whose base is that snapshot, renames it into its volume and fetches and copies
+//! nothing; the update writes it in place and the new snapshot's image is kept in turn. A
+//! qcow2 overlay is made on top of the kept image instead, which it never writes.
+//!
+//! When the folder holds no image of the base (another producer promoted an image, the last
+//! run used an overlay, or its update failed), another pipeline's folder is looked in: a
+//! pipeline built on another's family finds the image that pipeline just kept, and clones
+//! it (a reflink where the file system shares extents, else a sparse copy). Failing that the
+//! base is pulled from the home store with every image in the folder, and any file known to
+//! be close to the base (the file a first base was imported from), as seeds, so only the
+//! blocks that differ travel.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -26,40 +32,66 @@ use crate::pipeline::VolumeKind;
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) path: PathBuf,
-    /// `reflink`, `copy`, `pull` or `overlay`.
+    /// `moved`, `reflink`, `copy`, `pull` or `overlay`.
     pub(crate) made_by: &'static str,
     /// Sealed bytes fetched from the home store to make it.
     pub(crate) bytes_fetched: u64,
 }
 
 /// Makes the volume of run `run` in `folder`: a raw image of snapshot `base`, or a qcow2
-/// overlay on a raw image of it.
+/// overlay on a raw image of it. `seeds` are files that may hold many of the base's blocks.
 pub(crate) async fn prepare(
     store: &Store,
     folder: &Path,
     base: &SnapshotId,
     run: &str,
     kind: VolumeKind,
+    seeds: Vec<PathBuf>,
 ) -> Result<Prepared> {
     std::fs::create_dir_all(folder)
         .with_context(|| format!("cannot create the volume folder {}", folder.display()))?;
-    let (cached, made_by, bytes_fetched) = cached_base(store, folder, base).await?;
     match kind {
         VolumeKind::Raw => {
             let path = folder.join(format!("run-{run}.raw"));
-            remove_if_present(&path)?;
-            let cloned = clone_file(&cached, &path)?;
+            if path.is_file() {
+                // The volume of an earlier try of this run, whose update failed: a seed
+                // that holds the base but for what that update wrote.
+                rename(&path, &folder.join(format!("run-{run}-earlier.raw")))?;
+            }
+            let cached = cached_path(folder, base);
+            if cached.is_file() {
+                // The kept image becomes the volume: no byte is copied. Should the update
+                // fail, the volume stays behind as a seed for the next try.
+                rename(&cached, &path)?;
+                return Ok(Prepared {
+                    path,
+                    made_by: "moved",
+                    bytes_fetched: 0,
+                });
+            }
+            let (made_by, bytes_fetched) = make_image(store, folder, base, seeds, &path).await?;
             Ok(Prepared {
                 path,
-                // A volume cut from an image pulled just now counts as pulled.
-                made_by: if made_by == "pull" { made_by } else { cloned },
+                made_by,
                 bytes_fetched,
             })
         }
         VolumeKind::Qcow2 => {
+            // An overlay never writes its backing file, so a kept image serves as it is,
+            // this pipeline's or another's.
+            let cached = cached_path(folder, base);
+            let (backing, bytes_fetched) = if cached.is_file() {
+                (cached, 0)
+            } else if let Some(sibling) = sibling_image(folder, base)? {
+                (sibling, 0)
+            } else {
+                let (_, fetched) = make_image(store, folder, base, seeds, &cached).await?;
+                remove_stale(folder, &cached)?;
+                (cached, fetched)
+            };
             let path = folder.join(format!("run-{run}.qcow2"));
             remove_if_present(&path)?;
-            overlay(&cached, &path).await?;
+            overlay(&backing, &path).await?;
             Ok(Prepared {
                 path,
                 made_by: "overlay",
@@ -70,46 +102,37 @@ pub(crate) async fn prepare(
 }
 
 /// Keeps the raw volume just snapshotted as `snapshot`'s image for the next run, in place of
-/// any older one. An overlay is removed instead: it is no whole image.
+/// any older image and any volume a failed run left. An overlay is removed instead: it is
+/// no whole image.
 pub(crate) fn keep(folder: &Path, volume: &Path, snapshot: &SnapshotId) -> Result<()> {
-    let is_raw = volume.extension().is_some_and(|e| e == "raw");
-    if is_raw {
+    if volume.extension().is_some_and(|e| e == "raw") {
         let kept = cached_path(folder, snapshot);
-        std::fs::rename(volume, &kept).with_context(|| {
-            format!(
-                "cannot keep {} as {}",
-                volume.display(),
-                kept.display()
-            )
-        })?;
+        rename(volume, &kept)?;
+        remove_stale(folder, &kept)
     } else {
-        remove_if_present(volume)?;
+        remove_if_present(volume)
     }
-    if is_raw {
-        for stale in cached_images(folder)? {
-            if stale != cached_path(folder, snapshot) {
-                remove_if_present(&stale)?;
-            }
-        }
-    }
-    Ok(())
 }
 
-/// The raw image of `base` in `folder`, pulled from `store` when it is not there.
-async fn cached_base(
+/// Writes a raw image of `base` to `path`: cloned from another pipeline's folder that keeps
+/// one, else pulled from `store` with every image in `folder` and `seeds` as seeds.
+async fn make_image(
     store: &Store,
     folder: &Path,
     base: &SnapshotId,
-) -> Result<(PathBuf, &'static str, u64)> {
-    let cached = cached_path(folder, base);
-    if cached.is_file() {
-        return Ok((cached, "cached", 0));
-    }
-    // Pulled beside its final name and renamed, so a crash never leaves a partial image
-    // under a snapshot's name.
+    mut seeds: Vec<PathBuf>,
+    path: &Path,
+) -> Result<(&'static str, u64)> {
+    // Made beside its final name and renamed, so a crash never leaves a partial image under
+    // a snapshot's name.
     let partial = folder.join(format!(".{base}.raw.partial"));
     remove_if_present(&partial)?;
-    let seeds = cached_images(folder)?;
+    if let Some(sibling) = sibling_image(folder, base)? {
+        let made_by = clone_file(&sibling, &partial)?;
+        rename(&partial, path)?;
+        return Ok((made_by, 0));
+    }
+    seeds.extend(local_images(folder)?);
     let sink = FileSink::create(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
     let write = move |layout: &ExportLayout, feed: &mut dyn BlockFeed| {
@@ -124,22 +147,49 @@ async fn cached_base(
     let summary = pull(store, base, options, write, Arc::new(NoProgress))
         .await
         .with_context(|| format!("cannot pull the base {base} into {}", folder.display()))?;
-    std::fs::rename(&partial, &cached)
-        .with_context(|| format!("cannot name {} as {}", partial.display(), cached.display()))?;
-    for stale in cached_images(folder)? {
-        if stale != cached {
+    rename(&partial, path)?;
+    Ok(("pull", summary.bytes_fetched))
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
+}
+
+/// Removes the raw images in `folder` other than `kept`: older snapshots' images and the
+/// volumes of failed runs.
+fn remove_stale(folder: &Path, kept: &Path) -> Result<()> {
+    for stale in local_images(folder)? {
+        if stale != kept {
             remove_if_present(&stale)?;
         }
     }
-    Ok((cached, "pull", summary.bytes_fetched))
+    Ok(())
+}
+
+/// An image of `snapshot` kept in another pipeline's folder beside `folder`.
+fn sibling_image(folder: &Path, snapshot: &SnapshotId) -> Result<Option<PathBuf>> {
+    let Some(parent) = folder.parent() else {
+        return Ok(None);
+    };
+    let entries =
+        std::fs::read_dir(parent).with_context(|| format!("cannot list {}", parent.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", parent.display()))?;
+        let candidate = cached_path(&entry.path(), snapshot);
+        if entry.path() != folder && candidate.is_file() {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 fn cached_path(folder: &Path, snapshot: &SnapshotId) -> PathBuf {
     folder.join(format!("{snapshot}.raw"))
 }
 
-/// The snapshot images kept in `folder`.
-fn cached_images(folder: &Path) -> Result<Vec<PathBuf>> {
+/// The raw images in `folder`: kept snapshot images and volumes failed runs left.
+fn local_images(folder: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let entries = std::fs::read_dir(folder)
         .with_context(|| format!("cannot list {}", folder.display()))?;
@@ -147,7 +197,8 @@ fn cached_images(folder: &Path) -> Result<Vec<PathBuf>> {
         let entry = entry.with_context(|| format!("cannot list {}", folder.display()))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("snap-") && name.ends_with(".raw") && entry.path().is_file() {
+        let image = name.starts_with("snap-") || name.starts_with("run-");
+        if image && name.ends_with(".raw") && entry.path().is_file() {
             found.push(entry.path());
         }
     }
