@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs blockyard's tests. The integration tests make disk images with the real tools
-# (mkfs.ext4, debugfs, qemu-img), so those are installed first when missing. The S3 tests
+# (mkfs.ext4, debugfs, qemu-img) and render pages in Chromium, so those are installed
+# first when missing. The S3 tests
 # run against a Garage server started here for the length of the run; they are required,
 # so that a machine without Garage fails them instead of skipping them.
 set -euo pipefail
@@ -11,6 +12,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v debugfs >/dev/null || need+=(e2fsprogs)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v curl >/dev/null || need+=(curl)
+# The HTML run report is rendered in headless Chromium by its test.
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
