@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs blockyard's tests. The integration tests make disk images with the real tools
-# (mkfs.ext4, debugfs, qemu-img) and render pages in Chromium, so those are installed
-# first when missing. The S3 tests
-# run against a Garage server started here for the length of the run; they are required,
-# so that a machine without Garage fails them instead of skipping them.
+# (mkfs.ext4, debugfs, qemu-img) and render pages in Chromium, so those are installed first
+# when missing. The S3 tests run against a Garage server started here for the length of the
+# run; they are required, so that a machine without Garage fails them instead of skipping
+# them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
