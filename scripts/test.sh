@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs blockyard's tests. The integration tests make disk images with the real tools
-# (mkfs.ext4, debugfs, qemu-img), so those are installed first when missing. The S3 tests
-# run against a Garage server started here for the length of the run; they are required,
-# so that a machine without Garage fails them instead of skipping them.
+# (mkfs.ext4, debugfs, qemu-img) and lay the bake report page out in a headless Chromium, so
+# those are installed first when missing. The S3 tests run against a Garage server started
+# here for the length of the run; they are required, so that a machine without Garage fails
+# them instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v debugfs >/dev/null || need+=(e2fsprogs)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v curl >/dev/null || need+=(curl)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq

@@ -11,6 +11,7 @@
 //! again, and a snapshot taken is not taken again. A pipeline stopped before its snapshot
 //! starts over from a fresh volume, since the old one may hold half an update.
 
+pub(crate) mod html;
 pub(crate) mod report;
 mod update;
 mod volume;
