@@ -106,6 +106,20 @@ pub(crate) enum Command {
     /// it, register it, copy it to every region, promote it everywhere, apply retention and
     /// report; --check only validates the file.
     Bake(BakeArgs),
+    /// Show the report of a bake run as text, as JSON with --json, or as an HTML page with
+    /// a timeline and charts with --html.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// The run's report, which bake writes to runs/RUN.json in its work folder.
+    #[arg(value_name = "RUN.json")]
+    pub(crate) file: PathBuf,
+    /// Write the report as one self-contained HTML page to this file, and print its path
+    /// instead of the report.
+    #[arg(long, value_name = "OUT.html")]
+    pub(crate) html: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -98,7 +98,13 @@ fn assert_same_bytes(a: &Path, b: &Path) {
         std::fs::read(a).expect("read image"),
         std::fs::read(b).expect("read image"),
     );
-    assert_eq!(left.len(), right.len(), "{} and {} differ in size", a.display(), b.display());
+    assert_eq!(
+        left.len(),
+        right.len(),
+        "{} and {} differ in size",
+        a.display(),
+        b.display()
+    );
     assert!(left == right, "{} and {} differ", a.display(), b.display());
 }
 
@@ -161,10 +167,16 @@ fn two_nights_reach_three_regions_one_after_a_resume_and_runners_pull_only_what_
     assert_eq!(region(ci, "us")["status"], "succeeded", "{ci}");
     assert_eq!(region(ci, "ap")["status"], "failed", "{ci}");
     assert_eq!(ci["promoted"], false, "{ci}");
-    assert!(ci["image"].is_string(), "the image is registered at home: {ci}");
+    assert!(
+        ci["image"].is_string(),
+        "the image is registered at home: {ci}"
+    );
     let run = first["run"].as_str().expect("a run id");
     let error = ci["error"].as_str().expect("an error");
-    assert!(error.contains("ap") && error.contains("--resume"), "{error}");
+    assert!(
+        error.contains("ap") && error.contains("--resume"),
+        "{error}"
+    );
     for store in ["home", "eu", "us"] {
         let refused = fx.fails(&["pull", "ci@latest", "early.img", "--from", store]);
         assert!(refused.contains("ci"), "{store}: {refused}");
@@ -184,8 +196,16 @@ fn two_nights_reach_three_regions_one_after_a_resume_and_runners_pull_only_what_
         assert_eq!(r["promoted"], true, "{store}: {r}");
         assert!(r["image"].is_string(), "{store}: {r}");
     }
-    assert_eq!(phases(ci, "copy", "eu").len(), 1, "eu was copied once: {ci}");
-    assert_eq!(phases(ci, "copy", "ap").len(), 2, "ap was tried twice: {ci}");
+    assert_eq!(
+        phases(ci, "copy", "eu").len(),
+        1,
+        "eu was copied once: {ci}"
+    );
+    assert_eq!(
+        phases(ci, "copy", "ap").len(),
+        2,
+        "ap was tried twice: {ci}"
+    );
     assert_eq!(phases(ci, "update", "home").len(), 1, "{ci}");
     let runs = std::fs::read_to_string(fx.path("runs.txt")).expect("runs.txt");
     assert_eq!(runs.lines().count(), 1, "the update command ran once");
@@ -208,10 +228,18 @@ fn two_nights_reach_three_regions_one_after_a_resume_and_runners_pull_only_what_
     for store in ["eu", "us", "ap"] {
         let moved1 = region(ci1, store)["bytes_moved"].as_u64().expect("bytes");
         let moved2 = region(ci2, store)["bytes_moved"].as_u64().expect("bytes");
-        assert!(moved2 > 0 && moved2 < moved1, "{store}: {moved2} after {moved1}");
+        assert!(
+            moved2 > 0 && moved2 < moved1,
+            "{store}: {moved2} after {moved1}"
+        );
         // What moves is what is new at home, no more.
-        let copied = region(ci2, store)["blocks_copied"].as_u64().expect("blocks");
-        assert!(copied <= snapshot["blocks_new"].as_u64().expect("blocks"), "{ci2}");
+        let copied = region(ci2, store)["blocks_copied"]
+            .as_u64()
+            .expect("blocks");
+        assert!(
+            copied <= snapshot["blocks_new"].as_u64().expect("blocks"),
+            "{ci2}"
+        );
         assert!(region(ci2, store)["blocks_present"].as_u64() > Some(0));
     }
     assert!(ci2["dedup"]["blocks_avoided"].as_u64() > Some(0), "{ci2}");
@@ -230,8 +258,13 @@ fn two_nights_reach_three_regions_one_after_a_resume_and_runners_pull_only_what_
     ]);
     assert_same_bytes(&fx.path("seeded.img"), &fx.path("produced-2.img"));
     let fetched = pulled["bytes_fetched"].as_u64().expect("bytes fetched");
-    let moved = region(ci2, "us")["bytes_moved"].as_u64().expect("bytes moved");
-    assert!(fetched <= moved, "fetched {fetched}, but only {moved} changed");
+    let moved = region(ci2, "us")["bytes_moved"]
+        .as_u64()
+        .expect("bytes moved");
+    assert!(
+        fetched <= moved,
+        "fetched {fetched}, but only {moved} changed"
+    );
     fx.ok(&["pull", "ci@latest", "runner.img", "--from", "eu"]);
     assert_same_bytes(&fx.path("runner.img"), &fx.path("produced-2.img"));
 
@@ -264,9 +297,15 @@ fn a_failed_update_registers_nothing_and_reports_its_status_and_output() {
     assert_eq!(ci["status"], "failed", "{ci}");
     assert_eq!(ci["update"]["exit_code"], 3, "{ci}");
     let tail = ci["update"]["tail"].as_str().expect("tail");
-    assert!(tail.contains("installing") && tail.contains("disk full"), "{tail}");
+    assert!(
+        tail.contains("installing") && tail.contains("disk full"),
+        "{tail}"
+    );
     let error = ci["error"].as_str().expect("error");
-    assert!(error.contains("exit status 3") && error.contains("disk full"), "{error}");
+    assert!(
+        error.contains("exit status 3") && error.contains("disk full"),
+        "{error}"
+    );
     assert!(ci["snapshot"].is_null() && ci["image"].is_null(), "{ci}");
     let log = fx.dir.path().join(ci["log"].as_str().expect("log path"));
     let log = std::fs::read_to_string(log).expect("log");
@@ -305,7 +344,10 @@ fn an_overlay_pipeline_reads_only_what_its_command_wrote() {
     let snapshot = &tools["snapshot"];
     // 256 KiB in 64 KiB blocks: four blocks changed, and only they were read.
     assert_eq!(snapshot["blocks_changed"], 4, "{snapshot}");
-    assert!(snapshot["bytes_read"].as_u64() <= Some(256 << 10), "{snapshot}");
+    assert!(
+        snapshot["bytes_read"].as_u64() <= Some(256 << 10),
+        "{snapshot}"
+    );
     fx.ok(&["pull", "tools@latest", "pulled.img", "--from", "eu"]);
     assert_same_bytes(&fx.path("pulled.img"), &fx.path("tools.img"));
 }

@@ -11,6 +11,7 @@
 //! again, and a snapshot taken is not taken again. A pipeline stopped before its snapshot
 //! starts over from a fresh volume, since the old one may hold half an update.
 
+pub(crate) mod html;
 pub(crate) mod report;
 mod update;
 mod volume;
@@ -30,8 +31,8 @@ use blockyard_store::{
 use chrono::Utc;
 
 use self::report::{
-    BaseUsed, Cost, Dedup, Phase, PipelineRun, RegionRun, RetentionDone, RunReport,
-    SnapshotMade, Status, VolumeUsed,
+    BaseUsed, Cost, Dedup, Phase, PipelineRun, RegionRun, RetentionDone, RunReport, SnapshotMade,
+    Status, VolumeUsed,
 };
 use crate::cli::KeyArgs;
 use crate::commands::copy::{Bars, copy_image_record, open_destination};
@@ -63,11 +64,7 @@ impl Bake<'_> {
     /// Starts a new run of every pipeline in the file.
     pub(crate) async fn start(&self) -> Result<(RunReport, PathBuf)> {
         let started = Utc::now();
-        let run = format!(
-            "{}-{:04x}",
-            started.format("%Y%m%dT%H%M%SZ"),
-            rand_suffix()
-        );
+        let run = format!("{}-{:04x}", started.format("%Y%m%dT%H%M%SZ"), rand_suffix());
         let pipelines = self
             .pipelines
             .pipelines
@@ -80,7 +77,11 @@ impl Bake<'_> {
                 home: p.home.clone(),
                 base: None,
                 volume: None,
-                log: self.work.join("runs").join(&run).join(format!("{}.log", p.name)),
+                log: self
+                    .work
+                    .join("runs")
+                    .join(&run)
+                    .join(format!("{}.log", p.name)),
                 update: None,
                 snapshot: None,
                 image: None,
@@ -121,7 +122,10 @@ impl Bake<'_> {
         };
         let mut report = RunReport::read(&path)?;
         if report.status == Status::Succeeded {
-            bail!("run {} succeeded already; there is nothing to resume", report.run);
+            bail!(
+                "run {} succeeded already; there is nothing to resume",
+                report.run
+            );
         }
         for p in &report.pipelines {
             if p.status != Status::Succeeded && self.pipeline(&p.name).is_none() {
@@ -178,7 +182,11 @@ impl Bake<'_> {
         let finished = Utc::now();
         report.finished = Some(finished);
         report.seconds = seconds_between(report.started, finished);
-        report.status = if report.pipelines.iter().all(|p| p.status == Status::Succeeded) {
+        report.status = if report
+            .pipelines
+            .iter()
+            .all(|p| p.status == Status::Succeeded)
+        {
             Status::Succeeded
         } else {
             Status::Failed
@@ -331,7 +339,11 @@ impl PipelineRunner<'_, '_> {
     async fn update_and_snapshot(&mut self, home: &Store) -> Result<()> {
         let pipeline = self.pipeline;
         let home_name = pipeline.home.clone();
-        let base = self.entry().base.clone().context("the base is not resolved")?;
+        let base = self
+            .entry()
+            .base
+            .clone()
+            .context("the base is not resolved")?;
         let folder = self.bake.work.join("volumes").join(&pipeline.name);
         let run = self.report.run.clone();
         let start = self.now();
@@ -393,7 +405,15 @@ impl PipelineRunner<'_, '_> {
         }
 
         let start = self.now();
-        let result = snapshot(home, &prepared.path, &base.snapshot, pipeline, &run, self.bake).await;
+        let result = snapshot(
+            home,
+            &prepared.path,
+            &base.snapshot,
+            pipeline,
+            &run,
+            self.bake,
+        )
+        .await;
         let made = self.record("snapshot", &home_name, start, result)?;
         volume::keep(&folder, &prepared.path, &made.id)?;
         self.entry().snapshot = Some(made);
@@ -514,10 +534,11 @@ impl PipelineRunner<'_, '_> {
             for ((&i, endpoint), copied) in targets.iter().zip(&endpoints).zip(reports) {
                 let mut error = copied.error.clone();
                 if error.is_none()
-                    && let Err(e) =
-                        copy_image_record(&source, endpoint, &image_id, &envelope).await
+                    && let Err(e) = copy_image_record(&source, endpoint, &image_id, &envelope).await
                 {
-                    error = Some(format!("the snapshot landed, the image record did not: {e:#}"));
+                    error = Some(format!(
+                        "the snapshot landed, the image record did not: {e:#}"
+                    ));
                 }
                 let region = &mut self.entry().regions[i];
                 region.mode = Some(
@@ -557,7 +578,13 @@ impl PipelineRunner<'_, '_> {
             .regions
             .iter()
             .filter(|r| r.status != Status::Succeeded)
-            .map(|r| format!("{}: {}", r.store, r.error.as_deref().unwrap_or("not copied")))
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r.store,
+                    r.error.as_deref().unwrap_or("not copied")
+                )
+            })
             .collect();
         if !failed.is_empty() {
             bail!(
@@ -635,7 +662,10 @@ impl PipelineRunner<'_, '_> {
     }
 
     async fn open_region(&self, name: &str) -> Result<Store> {
-        let choice = self.bake.config.choose_with_key(name, &KeyArgs::default())?;
+        let choice = self
+            .bake
+            .config
+            .choose_with_key(name, &KeyArgs::default())?;
         crate::commands::open(&choice)
             .await
             .with_context(|| format!("cannot open region {name} with its key"))

@@ -157,6 +157,9 @@ mod tests {
         )
         .await
         .expect_err("missing program");
-        assert!(format!("{error:#}").contains("no-such-updater"), "{error:#}");
+        assert!(
+            format!("{error:#}").contains("no-such-updater"),
+            "{error:#}"
+        );
     }
 }

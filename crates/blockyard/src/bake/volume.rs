@@ -191,8 +191,8 @@ fn cached_path(folder: &Path, snapshot: &SnapshotId) -> PathBuf {
 /// The raw images in `folder`: kept snapshot images and volumes failed runs left.
 fn local_images(folder: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
-    let entries = std::fs::read_dir(folder)
-        .with_context(|| format!("cannot list {}", folder.display()))?;
+    let entries =
+        std::fs::read_dir(folder).with_context(|| format!("cannot list {}", folder.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", folder.display()))?;
         let name = entry.file_name();
@@ -217,8 +217,7 @@ fn remove_if_present(path: &Path) -> Result<()> {
 /// Copies `from` to the new file `to`: a reflink when the file system can share the
 /// extents, else a copy of the data extents only, so holes stay holes. Returns which.
 pub(crate) fn clone_file(from: &Path, to: &Path) -> Result<&'static str> {
-    let source =
-        File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
+    let source = File::open(from).with_context(|| format!("cannot open {}", from.display()))?;
     let target = File::create_new(to).with_context(|| format!("cannot create {}", to.display()))?;
     if rustix::fs::ioctl_ficlone(&target, &source).is_ok() {
         return Ok("reflink");
@@ -251,7 +250,9 @@ fn sparse_copy(source: &File, target: &File) -> std::io::Result<()> {
         let mut at = data;
         while at < hole {
             let (mut from, mut to) = (at, at);
-            let want = usize::try_from(hole - at).unwrap_or(usize::MAX).min(1 << 30);
+            let want = usize::try_from(hole - at)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
             let copied =
                 rustix::fs::copy_file_range(source, Some(&mut from), target, Some(&mut to), want)?;
             if copied == 0 {
@@ -316,12 +317,19 @@ mod tests {
         let how = clone_file(&from, &to).expect("clone");
         assert!(how == "reflink" || how == "copy", "{how}");
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        File::open(&from).and_then(|mut f| f.read_to_end(&mut a)).expect("read");
-        File::open(&to).and_then(|mut f| f.read_to_end(&mut b)).expect("read");
+        File::open(&from)
+            .and_then(|mut f| f.read_to_end(&mut a))
+            .expect("read");
+        File::open(&to)
+            .and_then(|mut f| f.read_to_end(&mut b))
+            .expect("read");
         assert_eq!(a, b);
         use std::os::unix::fs::MetadataExt;
         let blocks = std::fs::metadata(&to).expect("meta").blocks();
-        assert!(blocks * 512 < 8 << 20, "{blocks} sectors allocated: holes were filled");
+        assert!(
+            blocks * 512 < 8 << 20,
+            "{blocks} sectors allocated: holes were filled"
+        );
     }
 
     #[test]

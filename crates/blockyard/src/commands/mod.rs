@@ -10,6 +10,7 @@ mod import;
 mod key;
 mod pull;
 mod recycle;
+mod report;
 mod restore;
 mod snapshot;
 mod store;
@@ -93,6 +94,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             recycle::run(command, &store, out).await
         }
         Command::Bake(args) => bake::run(args, &config, out).await,
+        Command::Report(args) => report::run(args, out),
         Command::Key(command) => {
             let store = open(&config.choose(&cli.global, None)?).await?;
             key::run(command, &store, out).await
