@@ -332,6 +332,64 @@ mod tests {
         );
     }
 
+    fn id(hex: char) -> SnapshotId {
+        format!("snap-{}", hex.to_string().repeat(32))
+            .parse()
+            .expect("snapshot id")
+    }
+
+    #[test]
+    fn keeping_a_volume_names_it_after_its_snapshot_and_drops_older_images() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("ci");
+        std::fs::create_dir_all(&folder).expect("folder");
+        let older = cached_path(&folder, &id('a'));
+        let failed = folder.join("run-1-earlier.raw");
+        let volume = folder.join("run-2.raw");
+        for (path, bytes) in [(&older, "older"), (&failed, "failed"), (&volume, "new")] {
+            std::fs::write(path, bytes).expect("write");
+        }
+        std::fs::write(folder.join("notes.txt"), "kept").expect("write");
+
+        keep(&folder, &volume, &id('b')).expect("keep");
+
+        let kept = cached_path(&folder, &id('b'));
+        assert_eq!(std::fs::read(&kept).expect("kept image"), b"new");
+        assert_eq!(local_images(&folder).expect("list"), [kept]);
+        assert!(
+            folder.join("notes.txt").exists(),
+            "only raw images are removed"
+        );
+    }
+
+    #[test]
+    fn an_overlay_is_removed_and_the_image_under_it_stays() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kept = cached_path(dir.path(), &id('c'));
+        std::fs::write(&kept, "base").expect("write");
+        let overlay = dir.path().join("run-3.qcow2");
+        std::fs::write(&overlay, "overlay").expect("write");
+
+        keep(dir.path(), &overlay, &id('d')).expect("keep");
+
+        assert!(!overlay.exists());
+        assert_eq!(local_images(dir.path()).expect("list"), [kept]);
+    }
+
+    #[test]
+    fn a_sibling_image_is_found_in_another_pipelines_folder_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ci, tools) = (dir.path().join("ci"), dir.path().join("tools"));
+        std::fs::create_dir_all(&ci).expect("folder");
+        std::fs::create_dir_all(&tools).expect("folder");
+        std::fs::write(cached_path(&ci, &id('e')), "image").expect("write");
+
+        let found = sibling_image(&tools, &id('e')).expect("look");
+        assert_eq!(found, Some(cached_path(&ci, &id('e'))));
+        assert_eq!(sibling_image(&ci, &id('e')).expect("look"), None);
+        assert_eq!(sibling_image(&tools, &id('f')).expect("look"), None);
+    }
+
     #[test]
     fn a_clone_refuses_to_overwrite() {
         let dir = tempfile::tempdir().expect("tempdir");
