@@ -57,7 +57,7 @@ report() {
     # The newest run report, and its page.
     local json
     json=$(ls -t .bake/runs/*.json | head -n 1)
-    by report "$json" --html "${json%.json}.html"
+    by report "$json" --html "${json%.json}.html" >/dev/null
     echo "report: $json and ${json%.json}.html"
 }
 

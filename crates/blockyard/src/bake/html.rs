@@ -266,9 +266,9 @@ fn facts(out: &mut String, p: &PipelineRun) -> fmt::Result {
             out,
             "Volume",
             format_args!(
-                "{}, made by {}, {} fetched from home: <code>{}</code>",
+                "{}, {}, {} fetched from home: <code>{}</code>",
                 Esc(&volume.kind),
-                Esc(&volume.made_by),
+                Esc(volume.how()),
                 units::bytes(volume.bytes_fetched),
                 Esc(&path)
             ),

@@ -849,14 +849,7 @@ fn describe_pipeline(text: &mut String, p: &PipelineRun) {
             "  volume    {} {} ({}, {} fetched)",
             volume.kind,
             volume.path.display(),
-            match volume.made_by.as_str() {
-                "moved" => "the image the last run kept",
-                "reflink" => "a reflink of another pipeline's image",
-                "copy" => "a copy of another pipeline's image",
-                "pull" => "pulled from home",
-                "overlay" => "an overlay",
-                other => other,
-            },
+            volume.how(),
             bytes(volume.bytes_fetched)
         );
     }

@@ -98,6 +98,20 @@ pub(crate) struct VolumeUsed {
     pub(crate) bytes_fetched: u64,
 }
 
+impl VolumeUsed {
+    /// How the volume was made, in words.
+    pub(crate) fn how(&self) -> &str {
+        match self.made_by.as_str() {
+            "moved" => "the image the last run kept",
+            "reflink" => "a reflink of another pipeline's image",
+            "copy" => "a copy of another pipeline's image",
+            "pull" => "pulled from home",
+            "overlay" => "an overlay",
+            other => other,
+        }
+    }
+}
+
 /// How the update command ended.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct UpdateOutcome {
