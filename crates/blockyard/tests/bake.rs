@@ -279,14 +279,16 @@ fn two_nights_reach_three_regions_one_after_a_resume_and_runners_pull_only_what_
 }
 
 #[test]
-fn a_failed_update_registers_nothing_and_reports_its_status_and_output() {
+fn a_failed_update_registers_nothing_reports_its_status_and_output_and_is_resumed() {
     let fx = Fixture::new();
     fx.init();
     stores(&fx, &["eu"], &[]);
     fx.ext4_image("base.img", 32, 9);
     let pipeline = "[[pipeline]]\nname = \"ci\"\nfamily = \"ci\"\nbase = \"ci@latest\"\n\
          first_import = { from = \"base.img\" }\n\
-         command = [\"sh\", \"-c\", \"echo installing; echo disk full >&2; exit 3\"]\n\
+         command = [\"sh\", \"-c\", \"echo installing; \
+         printf half-written | dd of={volume} bs=1 seek=512 conv=notrunc; \
+         echo disk full >&2; exit 3\"]\n\
          home = \"home\"\nregions = [\"eu\"]\n";
     std::fs::write(fx.path("pipeline.toml"), pipeline).expect("pipeline file");
 
@@ -317,6 +319,29 @@ fn a_failed_update_registers_nothing_and_reports_its_status_and_output() {
         assert!(images.is_empty(), "{} holds {listed}", store.display());
     }
     fx.fails(&["pull", "ci@latest", "x.img"]);
+
+    // Fixed and resumed, without the file the base came from: the volume is pulled again,
+    // with the half-written one as a seed, so only the block it spoilt is fetched.
+    std::fs::remove_file(fx.path("base.img")).expect("remove base.img");
+    let fixed = pipeline.replace(
+        &pipeline[pipeline.find("command").expect("command")..pipeline.find("home").expect("home")],
+        "command = [\"true\"]\n",
+    );
+    std::fs::write(fx.path("pipeline.toml"), fixed).expect("pipeline file");
+    let run = report["run"].as_str().expect("run");
+    let (ok, resumed) = bake(&fx, 1, &["pipeline.toml", "--resume", run]);
+    assert!(ok, "{resumed}");
+    let ci = &resumed["pipelines"][0];
+    assert_eq!(ci["volume"]["made_by"], "pull", "{ci}");
+    let fetched = ci["volume"]["bytes_fetched"]
+        .as_u64()
+        .expect("bytes fetched");
+    assert!(
+        fetched > 0 && fetched <= 64 << 10,
+        "fetched {fetched}: {ci}"
+    );
+    assert!(ci["image"].is_string(), "{ci}");
+    assert_eq!(phases(ci, "update", "home").len(), 2, "{ci}");
 }
 
 #[test]

@@ -356,8 +356,19 @@ impl PipelineRunner<'_, '_> {
             .map(PathBuf::from)
             .filter(|path| path.is_file())
             .collect();
-        let result =
-            volume::prepare(home, &folder, &base.snapshot, &run, pipeline.volume, seeds).await;
+        let bar = self.bake.out.progress("volume", Unit::Bytes);
+        let kind = pipeline.volume;
+        let result = volume::prepare(
+            home,
+            &folder,
+            &base.snapshot,
+            &run,
+            kind,
+            seeds,
+            bar.clone(),
+        )
+        .await;
+        bar.finish();
         let prepared = self.record("volume", &home_name, start, result)?;
         self.entry().volume = Some(VolumeUsed {
             path: prepared.path.clone(),

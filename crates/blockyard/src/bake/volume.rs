@@ -23,7 +23,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use blockyard_formats::FileSink;
 use blockyard_formats::export::{BlockFeed, ExportLayout, write_raw};
-use blockyard_store::{NoProgress, PullOptions, SnapshotId, Store, pull};
+use blockyard_store::{Progress, PullOptions, SnapshotId, Store, pull};
 use rustix::fs::SeekFrom;
 
 use crate::pipeline::VolumeKind;
@@ -47,6 +47,7 @@ pub(crate) async fn prepare(
     run: &str,
     kind: VolumeKind,
     seeds: Vec<PathBuf>,
+    progress: Arc<dyn Progress>,
 ) -> Result<Prepared> {
     std::fs::create_dir_all(folder)
         .with_context(|| format!("cannot create the volume folder {}", folder.display()))?;
@@ -69,7 +70,8 @@ pub(crate) async fn prepare(
                     bytes_fetched: 0,
                 });
             }
-            let (made_by, bytes_fetched) = make_image(store, folder, base, seeds, &path).await?;
+            let (made_by, bytes_fetched) =
+                make_image(store, folder, base, seeds, &path, progress).await?;
             Ok(Prepared {
                 path,
                 made_by,
@@ -85,7 +87,8 @@ pub(crate) async fn prepare(
             } else if let Some(sibling) = sibling_image(folder, base)? {
                 (sibling, 0)
             } else {
-                let (_, fetched) = make_image(store, folder, base, seeds, &cached).await?;
+                let (_, fetched) =
+                    make_image(store, folder, base, seeds, &cached, progress).await?;
                 remove_stale(folder, &cached)?;
                 (cached, fetched)
             };
@@ -122,6 +125,7 @@ async fn make_image(
     base: &SnapshotId,
     mut seeds: Vec<PathBuf>,
     path: &Path,
+    progress: Arc<dyn Progress>,
 ) -> Result<(&'static str, u64)> {
     // Made beside its final name and renamed, so a crash never leaves a partial image under
     // a snapshot's name.
@@ -144,7 +148,7 @@ async fn make_image(
         seeds,
         cache: None,
     };
-    let summary = pull(store, base, options, write, Arc::new(NoProgress))
+    let summary = pull(store, base, options, write, progress)
         .await
         .with_context(|| format!("cannot pull the base {base} into {}", folder.display()))?;
     rename(&partial, path)?;
