@@ -376,3 +376,38 @@ fn an_overlay_pipeline_reads_only_what_its_command_wrote() {
     fx.ok(&["pull", "tools@latest", "pulled.img", "--from", "eu"]);
     assert_same_bytes(&fx.path("pulled.img"), &fx.path("tools.img"));
 }
+
+#[test]
+fn a_second_bake_in_the_same_work_folder_is_refused_while_the_first_runs() {
+    let fx = Fixture::new();
+    fx.init();
+    stores(&fx, &["eu"], &[]);
+    fx.ext4_image("base.img", 16, 13);
+    let pipeline = "[[pipeline]]\nname = \"ci\"\nfamily = \"ci\"\nbase = \"ci@latest\"\n\
+         first_import = { from = \"base.img\" }\n\
+         command = [\"sh\", \"-c\", \"touch started; while [ ! -e go ]; do sleep 0.1; done\"]\n\
+         home = \"home\"\nregions = [\"eu\"]\n";
+    std::fs::write(fx.path("pipeline.toml"), pipeline).expect("pipeline file");
+    let mut first = fx
+        .command(&["--quiet", "bake", "pipeline.toml"])
+        .spawn()
+        .expect("start the first bake");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !fx.path("started").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first bake never ran its command"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let refused = fx.fails(&["bake", "pipeline.toml"]);
+
+    assert!(refused.contains("another bake"), "{refused}");
+    assert!(refused.contains("--work"), "{refused}");
+    std::fs::write(fx.path("go"), "").expect("let the first bake finish");
+    assert!(first.wait().expect("wait").success());
+    // Once it is done, the folder is free again.
+    let (ok, report) = bake(&fx, 2, &["pipeline.toml"]);
+    assert!(ok, "{report}");
+}

@@ -18,6 +18,8 @@ mod volume;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -63,6 +65,7 @@ impl Bake<'_> {
 
     /// Starts a new run of every pipeline in the file.
     pub(crate) async fn start(&self) -> Result<(RunReport, PathBuf)> {
+        let _lock = self.lock()?;
         let started = Utc::now();
         let run = format!("{}-{:04x}", started.format("%Y%m%dT%H%M%SZ"), rand_suffix());
         let pipelines = self
@@ -115,6 +118,7 @@ impl Bake<'_> {
 
     /// Picks up run `run` (an id, or the path of its report) where it stopped.
     pub(crate) async fn resume(&self, run: &str) -> Result<(RunReport, PathBuf)> {
+        let _lock = self.lock()?;
         let path = if run.ends_with(".json") {
             PathBuf::from(run)
         } else {
@@ -142,6 +146,41 @@ impl Bake<'_> {
         report.finished = None;
         self.carry_on(&mut report, &path).await?;
         Ok((report, path))
+    }
+
+    /// Takes the work folder for this process alone, for as long as the returned file is
+    /// open: two bakes in one folder would take each other's volumes. The kernel lets go of
+    /// the lock when the process ends, however it ends.
+    fn lock(&self) -> Result<File> {
+        std::fs::create_dir_all(&self.work)
+            .with_context(|| format!("cannot create the work folder {}", self.work.display()))?;
+        let path = self.work.join("lock");
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                bail!(
+                    "another bake ({}) is running in {}; wait for it, or give this one \
+                     another --work folder",
+                    holder.trim(),
+                    self.work.display()
+                );
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "process {}", std::process::id()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(file)
     }
 
     fn pipeline(&self, name: &str) -> Option<&Pipeline> {
