@@ -106,3 +106,51 @@ fn an_image_exported_to_s3_imports_from_s3_to_the_same_blocks() {
     let diff = fx.json(&["snapshot", "diff", &id, &copy]);
     assert_eq!(diff["changed"].as_array().map(Vec::len), Some(0), "{diff}");
 }
+
+#[test]
+fn bake_fans_out_to_an_s3_region_and_a_runner_pulls_from_it() {
+    let Some(bucket) = bucket() else { return };
+    let fx = Fixture::new();
+    fx.init();
+    let (cloud, eu) = (s3_url(&bucket, "bake"), fx.path("eu"));
+    for store in [cloud.as_str(), path_str(&eu)] {
+        fx.ok(&["store", "init", store, "--like", path_str(&fx.store())]);
+    }
+    let config = format!(
+        "[stores.home]\nurl = \"{}\"\n\n[stores.eu]\nurl = \"{}\"\n\n[stores.cloud]\nurl = \"{}\"\n",
+        fx.store().display(),
+        eu.display(),
+        cloud
+    );
+    std::fs::write(fx.path("blockyard.toml"), config).expect("config file");
+    fx.ext4_image("base.img", 32, 16);
+    let pipeline = "[[pipeline]]\nname = \"ci\"\nfamily = \"ci\"\nbase = \"ci@latest\"\n\
+         first_import = { from = \"base.img\", format = \"raw\" }\n\
+         command = [\"sh\", \"-c\", \"head -c 200000 /dev/urandom | \
+         dd of={volume} bs=65536 seek=100 conv=notrunc && cp {volume} produced.img\"]\n\
+         home = \"home\"\nregions = [\"eu\", \"cloud\"]\n";
+    std::fs::write(fx.path("pipeline.toml"), pipeline).expect("pipeline file");
+
+    for night in 1..=2 {
+        let report = fx.json(&["bake", "pipeline.toml"]);
+        let ci = &report["pipelines"][0];
+        assert_eq!(ci["status"], "succeeded", "night {night}: {ci}");
+        let cloud_run = ci["regions"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["store"] == "cloud"))
+            .unwrap_or_else(|| panic!("no cloud region in {ci}"));
+        assert_eq!(cloud_run["promoted"], true, "{cloud_run}");
+        if night == 2 {
+            // Four 64 KiB blocks were rewritten: they, and the records, are all that moves.
+            let copied = cloud_run["blocks_copied"].as_u64().expect("blocks copied");
+            assert!((1..=4).contains(&copied), "{cloud_run}");
+        }
+        let pulled = fx.path(&format!("pulled-{night}.img"));
+        fx.ok(&["pull", "ci@latest", path_str(&pulled), "--from", "cloud"]);
+        let produced = std::fs::read(fx.path("produced.img")).expect("produced");
+        assert!(
+            std::fs::read(&pulled).expect("pulled") == produced,
+            "night {night}"
+        );
+    }
+}
