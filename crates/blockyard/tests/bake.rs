@@ -110,7 +110,10 @@ fn assert_same_bytes(a: &Path, b: &Path) {
 
 /// The command of the CI pipeline: the example's update script, and then a copy of the
 /// volume it produced aside, to compare what runners pull against.
-const UPDATE: &str = r#"command = ["sh", "-c", "echo ran >> runs.txt && sh update.sh \"$BLOCKYARD_VOLUME\" && cp --sparse=always \"$BLOCKYARD_VOLUME\" produced-$NIGHT.img"]"#;
+const UPDATE: &str = concat!(
+    r#"command = ["sh", "-c", "echo ran >> runs.txt && sh update.sh \"$BLOCKYARD_VOLUME\""#,
+    r#" && cp --sparse=always \"$BLOCKYARD_VOLUME\" produced-$NIGHT.img"]"#
+);
 
 #[test]
 fn the_example_pipeline_file_passes_check_with_its_config_file() {

@@ -117,7 +117,8 @@ fn bake_fans_out_to_an_s3_region_and_a_runner_pulls_from_it() {
         fx.ok(&["store", "init", store, "--like", path_str(&fx.store())]);
     }
     let config = format!(
-        "[stores.home]\nurl = \"{}\"\n\n[stores.eu]\nurl = \"{}\"\n\n[stores.cloud]\nurl = \"{}\"\n",
+        "[stores.home]\nurl = \"{}\"\n\n[stores.eu]\nurl = \"{}\"\n\n\
+         [stores.cloud]\nurl = \"{}\"\n",
         fx.store().display(),
         eu.display(),
         cloud
