@@ -26,38 +26,11 @@ root=$(dirname "$here")
 # shellcheck source=bench/lib.sh
 source "$here/lib.sh"
 
-usage() {
-    cat >&2 <<'USAGE'
-usage: bench/copy.sh [--size 4G] [--work DIR] [--repeat N] [--no-build]
-USAGE
-    exit 2
-}
-
-size=4G
-work=$here/work
-repeat=3
-build=1
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --size) [[ $# -ge 2 ]] || usage; size=$2; shift 2 ;;
-        --work) [[ $# -ge 2 ]] || usage; work=$2; shift 2 ;;
-        --repeat) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; repeat=$2; shift 2 ;;
-        --no-build) build=0; shift ;;
-        -h | --help) usage ;;
-        *) echo "copy.sh: unknown argument $1" >&2; usage ;;
-    esac
-done
+parse_shared_options "$@"
 
 require_tools cargo restic rsync qemu-img python3 mkfs.ext4 debugfs findmnt
 
-if [[ $build -eq 1 ]]; then
-    note "building blockyard (release)"
-    (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
-fi
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-blockyard=$target_dir/release/blockyard
-[[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
+build_blockyard
 
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
@@ -234,8 +207,7 @@ report=$work/results/copy-$(date -u +%Y%m%d-%H%M).md
     machine_section "$run"
     echo "- images: $(du -h --apparent-size "$night1" | cut -f1) each; medians of $repeat runs"
     echo
-    echo "| step | seconds | CPU s | bytes moved (MB) | blocks | PUTs | requests |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    table_header lrrrrrr step seconds "CPU s" "bytes moved (MB)" blocks PUTs requests
     for label in lineage/night1 lineage/night2 orphan/night2 fanout/night1 reseal/night1 \
         reseal/night2 garage/night1 garage/night2; do
         [[ -n ${WALL[$label/1]:-} ]] || continue
@@ -249,8 +221,7 @@ report=$work/results/copy-$(date -u +%Y%m%d-%H%M).md
         echo "| $label | $(med WALL "$label") | $(med CPU "$label") | $moved | | | |"
     done
     echo
-    echo "| ratio | value | target |"
-    echo "|---|---:|---|"
+    table_header lrl ratio value target
     echo "| night 2 bytes: blockyard / restic copy growth |" \
         "$(ratio "$(med MOVED lineage/night2)" "$(med GROWTH restic/night2)") | ≤ 1 |"
     echo "| night 2 bytes: blockyard / rsync literal data |" \

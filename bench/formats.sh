@@ -24,38 +24,11 @@ root=$(dirname "$here")
 # shellcheck source=bench/lib.sh
 source "$here/lib.sh"
 
-usage() {
-    cat >&2 <<'USAGE'
-usage: bench/formats.sh [--size 4G] [--work DIR] [--repeat N] [--no-build]
-USAGE
-    exit 2
-}
-
-size=4G
-work=$here/work
-repeat=3
-build=1
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --size) [[ $# -ge 2 ]] || usage; size=$2; shift 2 ;;
-        --work) [[ $# -ge 2 ]] || usage; work=$2; shift 2 ;;
-        --repeat) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; repeat=$2; shift 2 ;;
-        --no-build) build=0; shift ;;
-        -h | --help) usage ;;
-        *) echo "formats.sh: unknown argument $1" >&2; usage ;;
-    esac
-done
+parse_shared_options "$@"
 
 require_tools cargo qemu-img python3 mkfs.ext4 debugfs findmnt
 
-if [[ $build -eq 1 ]]; then
-    note "building blockyard (release)"
-    (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
-fi
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-blockyard=$target_dir/release/blockyard
-[[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
+build_blockyard
 
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
@@ -247,8 +220,8 @@ report=$work/results/formats-$(date -u +%Y%m%d-%H%M).md
     echo
     echo "## Import of night 1"
     echo
-    echo "| input | file MB | blockyard import s | raw import s | ratio to raw import | qemu-img convert to raw s |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    table_header lrrrrr input "file MB" "blockyard import s" "raw import s" "ratio to raw import" \
+        "qemu-img convert to raw s"
     raw_import=$(med import/raw)
     for input in qcow2 vmdk vhd; do
         echo "| $input | $(megabytes "$(allocated_bytes "$run/in/night1.$input")") | $(med "import/$input") | $raw_import | $(ratio "$(med "import/$input")" "$raw_import") | $(med "qemu-raw/$input") |"
@@ -256,16 +229,15 @@ report=$work/results/formats-$(date -u +%Y%m%d-%H%M).md
     echo
     echo "## Export of night 2"
     echo
-    echo "| output | blockyard export s | qemu-img convert s | ratio | qemu-img compare |"
-    echo "|---|---:|---:|---:|---|"
+    table_header lrrrl output "blockyard export s" "qemu-img convert s" ratio "qemu-img compare"
     for case in qcow2 vmdk-sparse vmdk-stream; do
         echo "| $case | $(med "export/$case") | $(med "qemu-export/$case") | $(ratio "$(med "export/$case")" "$(med "qemu-export/$case")") | ${COMPARED[$case]} |"
     done
     echo
     echo "## Snapshot of night 2's change"
     echo
-    echo "| disk | overlay MB | overlay snapshot s | bytes read | full snapshot s | bytes read | time ratio |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    table_header lrrrrrr disk "overlay MB" "overlay snapshot s" "bytes read" "full snapshot s" \
+        "bytes read" "time ratio"
     for pair in normal big; do
         prefix=""
         [[ $pair == big ]] && prefix=big-

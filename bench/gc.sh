@@ -69,14 +69,7 @@ done
 
 require_tools cargo python3 cmp find findmnt
 
-if [[ $build -eq 1 ]]; then
-    note "building blockyard (release)"
-    (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
-fi
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-blockyard=$target_dir/release/blockyard
-[[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
+build_blockyard
 
 block_bytes=4096
 half=$((blocks / 2))
@@ -231,8 +224,7 @@ report=$work/results/gc-$(date -u +%Y%m%d-%H%M).md
         "keep B's. gc's default concurrency: $concurrency deletes in flight. Each step ran" \
         "once; the page cache was not dropped."
     echo
-    echo "| step | wall s | user s | system s | peak RSS MiB | sync s | others CPU s |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    table_header lrrrrrr step "wall s" "user s" "system s" "peak RSS MiB" "sync s" "others CPU s"
     for label in setup/snapshot-a setup/snapshot-b gc/dry-run gc/real reference/rm \
         reference/rm-parallel; do
         [[ -n ${WALL[$label]:-} ]] || continue
@@ -250,8 +242,7 @@ report=$work/results/gc-$(date -u +%Y%m%d-%H%M).md
             "$(rss_mib "${RSS_KIB[$label]}") | $sync_s | ${OTHER_CPU[$label]} |"
     done
     echo
-    echo "| measure | dry run | gc |"
-    echo "|---|---:|---:|"
+    table_header lrr measure "dry run" gc
     echo "| snapshot records read | $(json_field "$dry" snapshots) |" \
         "$(json_field "$real" snapshots) |"
     echo "| segments referenced / listed | $(json_field "$dry" segments_referenced) /" \
@@ -279,8 +270,7 @@ report=$work/results/gc-$(date -u +%Y%m%d-%H%M).md
             "$(per_second "$copied" "${WALL[reference/rm-parallel]}") |"
     fi
     echo
-    echo "| check | value | target | result |"
-    echo "|---|---:|---|---|"
+    table_header lrll check value target result
     echo "| block files in the store before gc | $stored_before | ≥ 1,000,000 |" \
         "$(awk -v n="$stored_before" 'BEGIN { print (n >= 1000000) ? "met" : "a trial size" }') |"
     echo "| block files in the store after gc | $stored_after | $half | $(

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by bench/run.sh and bench/memory.sh; sourced, never run.
+# Helpers shared by the scripts in bench/; sourced, never run, after the script has set
+# `here` (this folder) and `root` (the workspace).
 #
 # Every measured command runs under GNU time. Its numbers land in the associative arrays
 # below, keyed by a label such as "borg/night1", and its standard output and error in
@@ -26,6 +27,70 @@ require_tools() {
     if [[ ${#missing[@]} -gt 0 ]]; then
         die "missing: ${missing[*]}; on Debian: apt-get install -y borgbackup restic e2fsprogs time"
     fi
+}
+
+# --- Options and the binary ----------------------------------------------------------------
+
+# The command line of the scripts whose options are the shared ones below (copy.sh,
+# formats.sh, pull.sh). A script with other options defines its own usage after sourcing
+# this file, and shared_option calls that one.
+usage() {
+    echo "usage: bench/$(basename "$0") [--size 4G] [--work DIR] [--repeat N] [--no-build]" >&2
+    exit 2
+}
+
+# shared_option ARG...: takes the option at the front of ARG if it is one the scripts that
+# measure two nights share: --size SIZE (of the images), --work DIR, --repeat N or
+# --no-build, which set size, work, repeat and build. OPTION_WORDS says how many words it
+# took; for any other option it takes none and fails. A missing or bad value calls usage.
+shared_option() {
+    OPTION_WORDS=0
+    case "$1" in
+        --size) [[ $# -ge 2 ]] || usage; size=$2; OPTION_WORDS=2 ;;
+        --work) [[ $# -ge 2 ]] || usage; work=$2; OPTION_WORDS=2 ;;
+        --repeat) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; repeat=$2; OPTION_WORDS=2 ;;
+        --no-build) build=0; OPTION_WORDS=1 ;;
+        *) return 1 ;;
+    esac
+}
+
+# shared_defaults: the shared options' defaults: 4G images, WORK bench/work, 3 repetitions,
+# and a build first.
+# shellcheck disable=SC2154 # here comes from the sourcing script
+shared_defaults() {
+    size=4G
+    work=$here/work
+    repeat=3
+    build=1
+}
+
+# parse_shared_options ARG...: the defaults, then a command line that holds only shared
+# options; -h, --help or any other option prints the usage and exits.
+parse_shared_options() {
+    shared_defaults
+    while [[ $# -gt 0 ]]; do
+        [[ $1 == -h || $1 == --help ]] && usage
+        if ! shared_option "$@"; then
+            echo "$(basename "$0"): unknown argument $1" >&2
+            usage
+        fi
+        shift "$OPTION_WORDS"
+    done
+}
+
+# build_blockyard: builds the release binary unless build is 0 (--no-build), then sets
+# blockyard to its path in the workspace's target folder.
+# shellcheck disable=SC2154 # root comes from the sourcing script
+build_blockyard() {
+    if [[ $build -eq 1 ]]; then
+        note "building blockyard (release)"
+        (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
+    fi
+    local target_dir
+    target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    blockyard=$target_dir/release/blockyard
+    [[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
 }
 
 # On a shared machine other work competes for the two cores. As root, every measured
@@ -200,6 +265,25 @@ machine_section() {
         echo "- priority: normal (not root)"
     fi
     echo "- file system of the work dir: $(findmnt -n -o FSTYPE,SOURCE --target "$work" | tr -s " ")"
+}
+
+# table_header ALIGNMENT COLUMN...: the header row and rule of a Markdown table. ALIGNMENT
+# has a letter per column: l for text, aligned left, r for numbers, aligned right.
+table_header() {
+    local alignment=$1 header="|" rule="|" column i=0
+    shift
+    [[ ${#alignment} -eq $# ]] || die "table_header: ${#alignment} alignments for $# columns"
+    for column in "$@"; do
+        header+=" $column |"
+        case ${alignment:i:1} in
+            l) rule+="---|" ;;
+            r) rule+="---:|" ;;
+            *) die "table_header: alignment ${alignment:i:1} is neither l nor r" ;;
+        esac
+        i=$((i + 1))
+    done
+    echo "$header"
+    echo "$rule"
 }
 
 # same_content ORIGINAL COPY: true when both files hold the same bytes. Reads only what

@@ -29,14 +29,7 @@ while [[ $# -gt 0 ]]; do
 done
 require_tools cargo python3 cmp findmnt
 
-if [[ $build -eq 1 ]]; then
-    note "building blockyard (release)"
-    (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
-fi
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-blockyard=$target_dir/release/blockyard
-[[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
+build_blockyard
 
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
@@ -119,8 +112,7 @@ echo "sparse file; encrypted store; blocks: $(json_field "$json" blocks.total) t
     "stored $(megabytes "$stored") MB. Measured $(date -u '+%Y-%m-%d %H:%M UTC')$(
         [[ ${#BENCH_PRIORITY[@]} -gt 0 ]] && echo " under \`${BENCH_PRIORITY[*]}\`")."
 echo
-echo "| step | wall s | CPU s | peak RSS MiB | sync s | others CPU s | target |"
-echo "|---|---:|---:|---:|---:|---:|---|"
+table_header lrrrrrl step "wall s" "CPU s" "peak RSS MiB" "sync s" "others CPU s" target
 echo "| snapshot | ${WALL[memory/snapshot]} | ${CPU[memory/snapshot]} |" \
     "$(rss_mib "${RSS_KIB[memory/snapshot]}") | $snapshot_sync | ${OTHER_CPU[memory/snapshot]} |" \
     "peak RSS ≤ 256 MiB: $(meets "$(rss_mib "${RSS_KIB[memory/snapshot]}")" 256) |"

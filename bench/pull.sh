@@ -25,39 +25,12 @@ root=$(dirname "$here")
 # shellcheck source=bench/lib.sh
 source "$here/lib.sh"
 
-usage() {
-    cat >&2 <<'USAGE'
-usage: bench/pull.sh [--size 4G] [--work DIR] [--repeat N] [--no-build]
-USAGE
-    exit 2
-}
-
-size=4G
-work=$here/work
-repeat=3
-build=1
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --size) [[ $# -ge 2 ]] || usage; size=$2; shift 2 ;;
-        --work) [[ $# -ge 2 ]] || usage; work=$2; shift 2 ;;
-        --repeat) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; repeat=$2; shift 2 ;;
-        --no-build) build=0; shift ;;
-        -h | --help) usage ;;
-        *) echo "pull.sh: unknown argument $1" >&2; usage ;;
-    esac
-done
+parse_shared_options "$@"
 
 command -v casync >/dev/null || die "casync is missing; on Debian: apt-get install -y casync"
 require_tools cargo qemu-img python3 mkfs.ext4 debugfs findmnt
 
-if [[ $build -eq 1 ]]; then
-    note "building blockyard (release)"
-    (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
-fi
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-blockyard=$target_dir/release/blockyard
-[[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
+build_blockyard
 
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
@@ -184,9 +157,8 @@ report=$work/results/pull-$(date -u +%Y%m%d-%H%M).md
         "blocks, $(megabytes "$diff_bytes") MB in the store's block files"
     echo "- casync: chunk store and index made by \`casync make\` with its defaults"
     echo
-    echo "| step | seconds | CPU s | peak RSS MiB | others CPU s | MB fetched or read |" \
-        "blocks fetched |"
-    echo "|---|---:|---:|---:|---:|---:|---:|"
+    table_header lrrrrrr step seconds "CPU s" "peak RSS MiB" "others CPU s" "MB fetched or read" \
+        "blocks fetched"
     for label in pull/seed pull/output; do
         echo "| blockyard $label | $(med WALL "$label") | $(med CPU "$label") |" \
             "$(rss_mib "$(med RSS_KIB "$label")") | $(med OTHER_CPU "$label") |" \
@@ -198,8 +170,7 @@ report=$work/results/pull-$(date -u +%Y%m%d-%H%M).md
         "$(rss_mib "$(med RSS_KIB qemu-img)") | $(med OTHER_CPU qemu-img) |" \
         "$(megabytes "$qcow2_bytes") | |"
     echo
-    echo "| measure | value | target | met |"
-    echo "|---|---:|---|---|"
+    table_header lrll measure value target met
     echo "| time: pull with seed / casync extract --seed | $time_casync | ≤ 0.1 |" \
         "$(meets "$time_casync" 0.1) |"
     echo "| time: pull with seed / qemu-img convert qcow2 → raw | $time_qemu | ≤ 3 |" \

@@ -39,24 +39,20 @@ EOF
     exit 2
 }
 
-size=4G
-work=$here/work
-repeat=3
+shared_defaults
 quiet_wait=0
 image_flags=()
-build=1
 memory=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --size) [[ $# -ge 2 ]] || usage; size=$2; shift 2 ;;
-        --work) [[ $# -ge 2 ]] || usage; work=$2; shift 2 ;;
-        --repeat) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; repeat=$2; shift 2 ;;
         --wait-quiet) [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || usage; quiet_wait=$2; shift 2 ;;
         --rebuild-images) image_flags=(--rebuild); shift ;;
-        --no-build) build=0; shift ;;
         --memory) memory=1; shift ;;
         -h | --help) usage ;;
-        *) echo "run.sh: unknown argument $1" >&2; usage ;;
+        *)
+            shared_option "$@" || { echo "run.sh: unknown argument $1" >&2; usage; }
+            shift "$OPTION_WORDS"
+            ;;
     esac
 done
 
@@ -64,14 +60,7 @@ require_tools cargo borg restic python3 cmp mkfs.ext4 debugfs findmnt
 
 # --- The binary and the images ------------------------------------------------------------
 
-if [[ $build -eq 1 ]]; then
-    note "building blockyard (release)"
-    (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
-fi
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-blockyard=$target_dir/release/blockyard
-[[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
+build_blockyard
 
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
@@ -328,8 +317,8 @@ report() {
     echo "Others is the CPU time other processes on the machine used during the step; above a"
     echo "few tenths of a second, the step shared the cores and its wall time is stretched."
     echo
-    echo "| step | tool | wall s | CPU s | peak RSS MiB | stored MB | on disk MB | sync s | others CPU s |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    table_header llrrrrrrr step tool "wall s" "CPU s" "peak RSS MiB" "stored MB" "on disk MB" \
+        "sync s" "others CPU s"
     for step in "${steps[@]}"; do
         for tool in "${tools[@]}"; do
             label=$tool/$step
@@ -347,13 +336,12 @@ report() {
     echo
     echo "Wall seconds of each repetition (in brackets: other processes' CPU seconds meanwhile):"
     echo
-    local header="| step | tool |" rule="|---|---|" n
+    local columns=(step tool) alignment=ll n
     for ((n = 1; n <= repeat; n++)); do
-        header+=" $n |"
-        rule+="---:|"
+        columns+=("$n")
+        alignment+=r
     done
-    echo "$header"
-    echo "$rule"
+    table_header "$alignment" "${columns[@]}"
     for step in "${steps[@]}"; do
         for tool in "${tools[@]}"; do
             local row="| ${STEP_NAME[$step]} | ${TOOL_NAME[$tool]} |"
@@ -367,8 +355,7 @@ report() {
     echo "Restored night 2 (identical: \`cmp\` in the first repetition, a comparison of the"
     echo "allocated ranges in the others):"
     echo
-    echo "| tool | identical every time | apparent MiB | allocated MiB | sparse |"
-    echo "|---|---|---:|---:|---|"
+    table_header llrrl tool "identical every time" "apparent MiB" "allocated MiB" sparse
     for tool in "${tools[@]}"; do
         local identical='**no**' sparse=no
         all_identical "$tool" && identical=yes
@@ -379,8 +366,8 @@ report() {
     echo
     echo "blockyard's own account of the first repetition (from \`--json\`):"
     echo
-    echo "| tool | night | blocks | data | zero | new | reused | bytes read | bytes stored | seconds |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    table_header llrrrrrrrr tool night blocks data zero new reused "bytes read" "bytes stored" \
+        seconds
     for tool in blockyard blockyard-plain; do
         for step in night1 night2; do
             local json=$BENCH_LOGS/$tool-$step-1.out
@@ -399,8 +386,8 @@ report() {
     echo "each tool's shortest wall time, CPU the median CPU times (user + system): both are"
     echo "disturbed less by other work on the machine."
     echo
-    echo "| measure | blockyard / borg | blockyard / restic | best, / borg | CPU, / borg | target | met |"
-    echo "|---|---:|---:|---:|---:|---|---|"
+    table_header lrrrrll measure "blockyard / borg" "blockyard / restic" "best, / borg" \
+        "CPU, / borg" target met
     local r_borg r_restic r_cpu r_best
     r_borg=$(ratio "${WALL_MED[blockyard/night1]}" "${WALL_MED[borg/night1]}")
     r_restic=$(ratio "${WALL_MED[blockyard/night1]}" "${WALL_MED[restic/night1]}")

@@ -181,6 +181,48 @@ fn a_seed_is_reused_by_position_and_a_shifted_seed_by_content() {
 }
 
 #[test]
+fn a_sparse_seed_of_an_odd_length_is_found_by_content_around_its_holes() {
+    let fx = Fixture::new();
+    let nights = two_nights(&fx);
+
+    // Night 1 one block further in, written page by page so its zero pages stay holes,
+    // and a tail of 1000 bytes so the seed's length is no multiple of the block size.
+    let night1 = std::fs::read(&nights.night1).expect("read night 1");
+    let seed_path = fx.path("sparse-seed.img");
+    let seed = std::fs::File::create(&seed_path).expect("create the seed");
+    let len = BLOCK + night1.len() as u64 + 1000;
+    seed.set_len(len).expect("size the seed");
+    for (n, page) in night1.chunks(4096).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            seed.write_all_at(page, BLOCK + n as u64 * 4096)
+                .expect("write the seed");
+        }
+    }
+    seed.write_all_at(&pseudo_text(1000, 5), len - 1000)
+        .expect("write the tail");
+    seed.sync_all().expect("sync the seed");
+    assert!(allocated(&seed_path) < len / 2, "the seed is mostly hole");
+
+    let report = pull(
+        &fx,
+        &nights.snap2,
+        &fx.path("out.img"),
+        &["--seed", "sparse-seed.img"],
+    );
+
+    assert_same_bytes(&fx.path("out.img"), &nights.night2);
+    assert_eq!(count(&report, "blocks_fetched"), CHANGED.len() as u64);
+    let seeds = &report["blocks_from_seeds"];
+    let by_content = seeds["by_content"].as_u64().expect("by_content");
+    let by_position = seeds["by_position"].as_u64().expect("by_position");
+    assert!(by_content > 0, "{report}");
+    assert_eq!(
+        by_content + by_position,
+        count(&report, "blocks_data") - CHANGED.len() as u64
+    );
+}
+
+#[test]
 fn the_cache_serves_a_second_pull_and_keeps_within_its_bound() {
     let fx = Fixture::new();
     let nights = two_nights(&fx);

@@ -152,3 +152,29 @@ impl<R: DiskReader> Iterator for Blocks<R> {
         Some(self.read_block(index).map(|block| (index, block)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_of_any_length_are_zero() {
+        // Empty, shorter than one 64-byte chunk, chunk edges, and a remainder after chunks.
+        for len in [0, 1, 63, 64, 65, 128, 4096 + 13] {
+            assert!(is_zero(&vec![0u8; len]), "{len} zero bytes");
+        }
+    }
+
+    #[test]
+    fn one_set_bit_anywhere_is_not_zero() {
+        // Three 64-byte chunks and a remainder of 8: every byte of both parts is tried.
+        let len = 3 * 64 + 8;
+        for at in 0..len {
+            for bit in [0x01, 0x80] {
+                let mut bytes = vec![0u8; len];
+                bytes[at] = bit;
+                assert!(!is_zero(&bytes), "byte {at} set to {bit:#x}");
+            }
+        }
+    }
+}
