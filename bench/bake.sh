@@ -28,38 +28,9 @@ root=$(dirname "$here")
 # shellcheck source=bench/lib.sh
 source "$here/lib.sh"
 
-usage() {
-    cat >&2 <<'USAGE'
-usage: bench/bake.sh [--size 4G] [--work DIR] [--repeat N] [--no-build]
-USAGE
-    exit 2
-}
-
-size=4G
-work=$here/work
-repeat=3
-build=1
-while [[ $# -gt 0 ]]; do
-    case "$1" in
-        --size) [[ $# -ge 2 ]] || usage; size=$2; shift 2 ;;
-        --work) [[ $# -ge 2 ]] || usage; work=$2; shift 2 ;;
-        --repeat) [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || usage; repeat=$2; shift 2 ;;
-        --no-build) build=0; shift ;;
-        -h | --help) usage ;;
-        *) echo "bake.sh: unknown argument $1" >&2; usage ;;
-    esac
-done
-
+parse_shared_options "$@"
 require_tools cargo python3 mkfs.ext4 debugfs findmnt
-
-if [[ $build -eq 1 ]]; then
-    note "building blockyard (release)"
-    (cd "$root" && cargo build --release -p blockyard) >&2 || die "cargo build failed"
-fi
-target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-blockyard=$target_dir/release/blockyard
-[[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
+build_blockyard
 
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
@@ -178,8 +149,7 @@ report=$work/results/bake-$(date -u +%Y%m%d-%H%M).md
     echo "- night 2: $(megabytes "$(med CHANGED bake)") MB changed by the update script;" \
         "$(megabytes "$(med MOVED bake)") MB moved to the three regions together"
     echo
-    echo "| step | seconds | CPU s | peak RSS MiB | others CPU s |"
-    echo "|---|---:|---:|---:|---:|"
+    table_header lrrrr step seconds "CPU s" "peak RSS MiB" "others CPU s"
     echo "| blockyard bake (3 regions) | $(med WALL bake) | $(med CPU bake) |" \
         "$(rss_mib "$(med RSS_KIB bake)") | $(med OTHER_CPU bake) |"
     echo "| of which the update script | $(med UPDATE_S bake) | | | |"
@@ -187,8 +157,7 @@ report=$work/results/bake-$(date -u +%Y%m%d-%H%M).md
         "$(med CPU snapshot) | $(rss_mib "$(med RSS_KIB snapshot)") |" \
         "$(med OTHER_CPU snapshot) |"
     echo
-    echo "| measure | value | target | met |"
-    echo "|---|---:|---|---|"
+    table_header lrll measure value target met
     echo "| time: bake / snapshot alone | $ratio_all | ≤ 2 | $(meets "$ratio_all" 2) |"
     echo "| time: bake without the update script / snapshot alone | $ratio_ours | ≤ 2 |" \
         "$(meets "$ratio_ours" 2) |"
