@@ -32,11 +32,7 @@ parse_shared_options "$@"
 require_tools cargo python3 mkfs.ext4 debugfs findmnt
 build_blockyard
 
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
-images=$work/images
-"$here/make-images.sh" "$images" "$size" >/dev/null || die "make-images.sh failed"
-night1=$images/night1.img
+prepare_images
 
 run=$work/bake
 fresh_dir "$run"
@@ -110,6 +106,7 @@ snapshot = ci["snapshot"]
 print(f"{update:.2f}", snapshot["bytes_changed"], moved, f"{snapshot['id']}.raw")
 PY
     )
+    # shellcheck disable=SC2034 # read through med's name reference
     NOT_UPDATE_S[bake/$n]=$(awk -v a="${WALL[bake/$n]}" -v b="${UPDATE_S[bake/$n]}" \
         'BEGIN { printf "%.2f", a - b }')
     # The volume night 2 produced, kept by the bake: snapshot it alone into the home store
@@ -126,16 +123,6 @@ done
 cd "$run"
 
 # --- Report -------------------------------------------------------------------------------
-
-# med ARRAY LABEL: the median of ARRAY[LABEL/1..repeat].
-med() {
-    local -n values=$1
-    local label=$2 all=() i
-    for ((i = 1; i <= repeat; i++)); do
-        all+=("${values[$label/$i]:-0}")
-    done
-    median "${all[@]}"
-}
 
 ratio_all=$(ratio "$(med WALL bake)" "$(med WALL snapshot)")
 ratio_ours=$(ratio "$(med NOT_UPDATE_S bake)" "$(med WALL snapshot)")

@@ -32,12 +32,7 @@ require_tools cargo restic rsync qemu-img python3 mkfs.ext4 debugfs findmnt
 
 build_blockyard
 
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
-images=$work/images
-"$here/make-images.sh" "$images" "$size" >/dev/null || die "make-images.sh failed"
-night1=$images/night1.img
-night2=$images/night2.img
+prepare_images
 
 run=$work/copy
 fresh_dir "$run"
@@ -70,6 +65,7 @@ for key in sys.argv[2].split("."):
 print(doc)' "$1" "$2"
 }
 
+# shellcheck disable=SC2034 # read through med's name reference
 record_copy() {
     local label=$1 out=$BENCH_LOGS/${1//\//-}.out
     MOVED[$label]=$(copy_field "$out" bytes_moved)
@@ -189,16 +185,6 @@ for ((n = 1; n <= repeat; n++)); do
 done
 
 # --- Report -------------------------------------------------------------------------------
-
-# med ARRAY LABEL: the median of ARRAY[LABEL/1..repeat].
-med() {
-    local -n values=$1
-    local label=$2 all=() i
-    for ((i = 1; i <= repeat; i++)); do
-        all+=("${values[$label/$i]:-0}")
-    done
-    median "${all[@]}"
-}
 
 report=$work/results/copy-$(date -u +%Y%m%d-%H%M).md
 {

@@ -30,12 +30,7 @@ require_tools cargo qemu-img python3 mkfs.ext4 debugfs findmnt
 
 build_blockyard
 
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
-images=$work/images
-"$here/make-images.sh" "$images" "$size" >/dev/null || die "make-images.sh failed"
-night1=$images/night1.img
-night2=$images/night2.img
+prepare_images
 
 run=$work/formats
 fresh_dir "$run"
@@ -202,14 +197,6 @@ done
 
 # --- The report ---------------------------------------------------------------------------
 
-med() {
-    local n list=()
-    for ((n = 1; n <= repeat; n++)); do
-        list+=("${WALL[$1/$n]}")
-    done
-    median "${list[@]}"
-}
-
 report=$work/results/formats-$(date -u +%Y%m%d-%H%M).md
 {
     echo "# blockyard image formats against qemu-img"
@@ -222,16 +209,16 @@ report=$work/results/formats-$(date -u +%Y%m%d-%H%M).md
     echo
     table_header lrrrrr input "file MB" "blockyard import s" "raw import s" "ratio to raw import" \
         "qemu-img convert to raw s"
-    raw_import=$(med import/raw)
+    raw_import=$(med WALL import/raw)
     for input in qcow2 vmdk vhd; do
-        echo "| $input | $(megabytes "$(allocated_bytes "$run/in/night1.$input")") | $(med "import/$input") | $raw_import | $(ratio "$(med "import/$input")" "$raw_import") | $(med "qemu-raw/$input") |"
+        echo "| $input | $(megabytes "$(allocated_bytes "$run/in/night1.$input")") | $(med WALL "import/$input") | $raw_import | $(ratio "$(med WALL "import/$input")" "$raw_import") | $(med WALL "qemu-raw/$input") |"
     done
     echo
     echo "## Export of night 2"
     echo
     table_header lrrrl output "blockyard export s" "qemu-img convert s" ratio "qemu-img compare"
     for case in qcow2 vmdk-sparse vmdk-stream; do
-        echo "| $case | $(med "export/$case") | $(med "qemu-export/$case") | $(ratio "$(med "export/$case")" "$(med "qemu-export/$case")") | ${COMPARED[$case]} |"
+        echo "| $case | $(med WALL "export/$case") | $(med WALL "qemu-export/$case") | $(ratio "$(med WALL "export/$case")" "$(med WALL "qemu-export/$case")") | ${COMPARED[$case]} |"
     done
     echo
     echo "## Snapshot of night 2's change"
@@ -243,7 +230,7 @@ report=$work/results/formats-$(date -u +%Y%m%d-%H%M).md
         [[ $pair == big ]] && prefix=big-
         disk=$night1
         [[ $pair == big ]] && disk=$run/in/big-night1.img
-        echo "| $(stat -c %s "$disk" | awk '{ printf "%.0f GiB", $1 / 2^30 }') | $(megabytes "$(allocated_bytes "$run/in/${prefix}overlay.qcow2")") | $(med "overlay/$pair") | $(megabytes "${READ[overlay/$pair]}") MB | $(med "full/$pair") | $(megabytes "${READ[full/$pair]}") MB | $(ratio "$(med "overlay/$pair")" "$(med "full/$pair")") |"
+        echo "| $(stat -c %s "$disk" | awk '{ printf "%.0f GiB", $1 / 2^30 }') | $(megabytes "$(allocated_bytes "$run/in/${prefix}overlay.qcow2")") | $(med WALL "overlay/$pair") | $(megabytes "${READ[overlay/$pair]}") MB | $(med WALL "full/$pair") | $(megabytes "${READ[full/$pair]}") MB | $(ratio "$(med WALL "overlay/$pair")" "$(med WALL "full/$pair")") |"
     done
 } | tee "$report"
 note "report written to $report"

@@ -93,6 +93,18 @@ build_blockyard() {
     [[ -x $blockyard ]] || die "$blockyard does not exist; run without --no-build"
 }
 
+# prepare_images: makes WORK absolute and the two nights of bench/make-images.sh in
+# WORK/images at SIZE (built once and kept); sets work, images, night1 and night2.
+# shellcheck disable=SC2034 # night2 is read by the scripts that compare two nights
+prepare_images() {
+    mkdir -p "$work"
+    work=$(cd "$work" && pwd)
+    images=$work/images
+    "$here/make-images.sh" "$images" "$size" >/dev/null || die "make-images.sh failed"
+    night1=$images/night1.img
+    night2=$images/night2.img
+}
+
 # On a shared machine other work competes for the two cores. As root, every measured
 # command, of every tool alike, runs at a raised priority so that it gets them first.
 if [[ $EUID -eq 0 ]]; then
@@ -329,4 +341,14 @@ minimum() {
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
         if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# med ARRAY LABEL: the median of ARRAY[LABEL/1..repeat].
+med() {
+    local -n values=$1
+    local label=$2 all=() i
+    for ((i = 1; i <= repeat; i++)); do
+        all+=("${values[$label/$i]:-0}")
+    done
+    median "${all[@]}"
 }

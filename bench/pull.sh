@@ -32,12 +32,7 @@ require_tools cargo qemu-img python3 mkfs.ext4 debugfs findmnt
 
 build_blockyard
 
-mkdir -p "$work"
-work=$(cd "$work" && pwd)
-images=$work/images
-"$here/make-images.sh" "$images" "$size" >/dev/null || die "make-images.sh failed"
-night1=$images/night1.img
-night2=$images/night2.img
+prepare_images
 
 run=$work/pull
 fresh_dir "$run"
@@ -131,16 +126,6 @@ for ((n = 1; n <= repeat; n++)); do
 done
 
 # --- Report -------------------------------------------------------------------------------
-
-# med ARRAY LABEL: the median of ARRAY[LABEL/1..repeat].
-med() {
-    local -n values=$1
-    local label=$2 all=() i
-    for ((i = 1; i <= repeat; i++)); do
-        all+=("${values[$label/$i]:-0}")
-    done
-    median "${all[@]}"
-}
 
 qcow2_bytes=$(allocated_bytes "$run/night2.qcow2")
 time_casync=$(ratio "$(med WALL pull/seed)" "$(med WALL casync)")

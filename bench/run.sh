@@ -220,16 +220,6 @@ declare -A STEP_NAME=(
 )
 steps=(night1 night2 restore)
 
-# med ARRAY TOOL/STEP: the median over the repetitions of one measure.
-med() {
-    local -n values=$1
-    local n list=()
-    for ((n = 1; n <= repeat; n++)); do
-        list+=("${values[$2/$n]}")
-    done
-    median "${list[@]}"
-}
-
 # best TOOL/STEP: the shortest wall time over the repetitions, the one least disturbed.
 best() {
     local n list=()
