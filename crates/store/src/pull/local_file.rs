@@ -7,9 +7,9 @@
 //!
 //! ```text
 //!  offset  0        B        2B       3B       4B       5B   len
-//!          ├────────┼────────┼────────┼────────┼────────┼──┤
-//!  file    │ data ██│████    │        │        │   ███  │██│   (blank: hole)
-//!  blocks  │   0    │   1    │        │        │   4    │5 │   those that meet data
+//!          |--------|--------|--------|--------|--------|--|
+//!  file    | data ##|####    |        |        |   ###  |##|   (blank: hole)
+//!  blocks  |   0    |   1    |        |        |   4    |5 |   those that meet data
 //! ```
 //!
 //! `SEEK_DATA` and `SEEK_HOLE` find the runs of data. A block that meets data anywhere is
