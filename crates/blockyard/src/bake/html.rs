@@ -25,7 +25,7 @@ mod text;
 
 use std::fmt::{self, Display, Write as _};
 
-use self::text::{Esc, dollars, duration, exit, grouped, seconds, status_word, time};
+use self::text::{Esc, dollars, duration, grouped, seconds, status_word, time};
 use super::report::{PipelineRun, RunReport, Status};
 use crate::units;
 
@@ -231,7 +231,7 @@ fn section(
         writeln!(
             out,
             "<h3>Update output, last lines ({})</h3>",
-            exit(update.exit_code, update.signal)
+            update.describe()
         )?;
         writeln!(out, "<pre class=\"tail\">{}</pre>", Esc(&update.tail))?;
     }
@@ -275,7 +275,7 @@ fn facts(out: &mut String, p: &PipelineRun) -> fmt::Result {
         )?;
     }
     if let Some(update) = &p.update {
-        fact(out, "Update", exit(update.exit_code, update.signal))?;
+        fact(out, "Update", update.describe())?;
     }
     let log = p.log.display().to_string();
     fact(

@@ -48,15 +48,6 @@ pub(super) fn status_word(status: Status) -> &'static str {
     }
 }
 
-/// How an update command ended.
-pub(super) fn exit(code: Option<i32>, signal: Option<i32>) -> String {
-    match (code, signal) {
-        (Some(code), _) => format!("exit code {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}"),
-        (None, None) => "ended without an exit code".to_owned(),
-    }
-}
-
 /// A moment, to the second, in UTC: 2026-12-04T19:30:12Z.
 pub(super) fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
