@@ -202,6 +202,19 @@ pub struct RequestTotals {
     pub total: u64,
 }
 
+impl std::ops::AddAssign for RequestTotals {
+    fn add_assign(&mut self, more: Self) {
+        self.get += more.get;
+        self.head += more.head;
+        self.put += more.put;
+        self.list += more.list;
+        self.delete += more.delete;
+        self.other += more.other;
+        self.retries += more.retries;
+        self.total += more.total;
+    }
+}
+
 impl RequestTotals {
     /// The requests counted between `before` and `after` of one store.
     pub fn between(before: &RequestCounts, after: &RequestCounts) -> Self {

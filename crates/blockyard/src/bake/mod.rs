@@ -43,6 +43,13 @@ use crate::output::{Output, Unit};
 use crate::pipeline::{Pipeline, PipelineFile, VolumeKind};
 use crate::settings::ConfigFile;
 
+/// The folder a pipeline file is in: `.` for a bare file name.
+pub(crate) fn folder_of(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Decimal gigabyte, the unit cloud prices use.
 const GB: f64 = 1e9;
 
@@ -58,7 +65,12 @@ pub(crate) struct Bake<'a> {
 }
 
 impl Bake<'_> {
-    /// The report and log folder of run `run`.
+    /// The pipeline file's folder, where relative paths in it start and commands run.
+    fn folder(&self) -> &Path {
+        folder_of(self.file)
+    }
+
+    /// The report of run `run`.
     pub(crate) fn report_path(&self, run: &str) -> PathBuf {
         self.work.join("runs").join(format!("{run}.json"))
     }
@@ -204,6 +216,7 @@ impl Bake<'_> {
                 report,
                 index,
                 path,
+                opened: BTreeMap::new(),
             };
             let outcome = run.run().await;
             let entry = &mut report.pipelines[index];
@@ -241,6 +254,8 @@ struct PipelineRunner<'a, 'b> {
     report: &'a mut RunReport,
     index: usize,
     path: &'a Path,
+    /// Regions opened so far.
+    opened: BTreeMap<String, Store>,
 }
 
 impl PipelineRunner<'_, '_> {
@@ -370,8 +385,7 @@ impl PipelineRunner<'_, '_> {
         if from.contains("://") || Path::new(from).is_absolute() {
             return from.to_owned();
         }
-        let folder = self.bake.file.parent().unwrap_or(Path::new(""));
-        folder.join(from).display().to_string()
+        self.bake.folder().join(from).display().to_string()
     }
 
     /// Makes the volume, runs the update command on it and snapshots the result.
@@ -421,15 +435,8 @@ impl PipelineRunner<'_, '_> {
         });
 
         let log = self.entry().log.clone();
-        let command_folder = self
-            .bake
-            .file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
         let start = self.now();
-        let ran = update::run(&pipeline.command, &prepared.path, &command_folder, &log).await;
+        let ran = update::run(&pipeline.command, &prepared.path, self.bake.folder(), &log).await;
         let (succeeded, outcome) = match ran {
             Ok(ran) => ran,
             Err(e) => {
@@ -581,15 +588,22 @@ impl PipelineRunner<'_, '_> {
                     return Err(e).context("the copy to the regions failed");
                 }
             };
-            for ((&i, endpoint), copied) in targets.iter().zip(&endpoints).zip(reports) {
-                let mut error = copied.error.clone();
-                if error.is_none()
-                    && let Err(e) = copy_image_record(&source, endpoint, &image_id, &envelope).await
-                {
-                    error = Some(format!(
-                        "the snapshot landed, the image record did not: {e:#}"
-                    ));
+            // The image record follows its snapshot into every region that took it, all at
+            // once as the blocks went.
+            let records = reports.iter().zip(&endpoints).map(|(copied, endpoint)| {
+                let (source, envelope) = (&source, &envelope);
+                async move {
+                    if let Some(error) = &copied.error {
+                        return Some(error.clone());
+                    }
+                    let landed = copy_image_record(source, endpoint, &image_id, envelope).await;
+                    landed
+                        .err()
+                        .map(|e| format!("the snapshot landed, the image record did not: {e:#}"))
                 }
+            });
+            let errors = futures::future::join_all(records).await;
+            for ((&i, copied), error) in targets.iter().zip(reports).zip(errors) {
                 let region = &mut self.entry().regions[i];
                 region.mode = Some(
                     match copied.mode {
@@ -601,7 +615,7 @@ impl PipelineRunner<'_, '_> {
                 region.blocks_copied += copied.blocks_copied;
                 region.blocks_present += copied.blocks_present;
                 region.bytes_moved += copied.bytes_moved;
-                add_requests(&mut region.requests, &copied.requests);
+                region.requests += copied.requests;
                 region.status = if error.is_none() {
                     Status::Succeeded
                 } else {
@@ -684,24 +698,22 @@ impl PipelineRunner<'_, '_> {
             keep_within: self.pipeline.retention.keep_within,
             dry_run: false,
         };
-        let family = self.pipeline.family.clone();
-        let mut stores = vec![(self.pipeline.home.clone(), None)];
-        for region in &self.pipeline.regions {
-            stores.push((region.clone(), Some(())));
-        }
+        let pipeline = self.pipeline;
+        let family = &pipeline.family;
         let mut done = Vec::new();
-        for (name, is_region) in stores {
-            let store = match is_region {
-                Some(()) => self.open_region(&name).await?,
-                None => home.clone(),
+        for name in std::iter::once(&pipeline.home).chain(&pipeline.regions) {
+            let store = if *name == pipeline.home {
+                home.clone()
+            } else {
+                self.open_region(name).await?
             };
             let start = self.now();
-            let result = retain(&store, &family, policy)
+            let result = retain(&store, family, policy)
                 .await
                 .with_context(|| format!("cannot apply retention to {family} in {name}"));
-            let retained = self.record("retention", &name, start, result)?;
+            let retained = self.record("retention", name, start, result)?;
             done.push(RetentionDone {
-                store: name,
+                store: name.clone(),
                 kept: retained.kept.len(),
                 deregistered: retained.deregistered,
                 snapshots_deleted: retained.snapshots_deleted.len(),
@@ -711,14 +723,21 @@ impl PipelineRunner<'_, '_> {
         self.report.write(self.path)
     }
 
-    async fn open_region(&self, name: &str) -> Result<Store> {
+    /// Region `name` opened with its key, once per pipeline run: promotion and retention
+    /// both need it.
+    async fn open_region(&mut self, name: &str) -> Result<Store> {
+        if let Some(store) = self.opened.get(name) {
+            return Ok(store.clone());
+        }
         let choice = self
             .bake
             .config
             .choose_with_key(name, &KeyArgs::default())?;
-        crate::commands::open(&choice)
+        let store = crate::commands::open(&choice)
             .await
-            .with_context(|| format!("cannot open region {name} with its key"))
+            .with_context(|| format!("cannot open region {name} with its key"))?;
+        self.opened.insert(name.to_owned(), store.clone());
+        Ok(store)
     }
 }
 
@@ -791,17 +810,6 @@ impl RegionRun {
             promoted: false,
         }
     }
-}
-
-fn add_requests(total: &mut RequestTotals, more: &RequestTotals) {
-    total.get += more.get;
-    total.head += more.head;
-    total.put += more.put;
-    total.list += more.list;
-    total.delete += more.delete;
-    total.other += more.other;
-    total.retries += more.retries;
-    total.total += more.total;
 }
 
 /// Blocks deduplication kept from being stored or moved again.

@@ -1,7 +1,6 @@
 //! `blockyard bake`: runs a pipeline file's pipelines, resumes a run, or checks the file.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::{Result, bail};
 
@@ -34,12 +33,7 @@ pub(crate) async fn run(args: &BakeArgs, config: &ConfigFile, out: Output) -> Re
 
     let work = match &args.work {
         Some(work) => work.clone(),
-        None => args
-            .file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .join(".bake"),
+        None => crate::bake::folder_of(&args.file).join(".bake"),
     };
     let bake = Bake {
         file: &args.file,
