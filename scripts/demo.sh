@@ -11,14 +11,7 @@ cd "$(dirname "$0")/.."
 work=${1:-target/demo}
 size=${2:-2G}
 
-need=()
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash scripts/need.sh mkfs.ext4=e2fsprogs python3=python3
 
 echo "== building blockyard (release)"
 cargo build --release --locked -p blockyard

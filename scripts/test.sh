@@ -7,18 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v debugfs >/dev/null || need+=(e2fsprogs)
-command -v qemu-img >/dev/null || need+=(qemu-utils)
-command -v curl >/dev/null || need+=(curl)
 # The HTML run report is rendered in headless Chromium by its test.
-command -v chromium >/dev/null || need+=(chromium)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash scripts/need.sh mkfs.ext4=e2fsprogs debugfs=e2fsprogs qemu-img=qemu-utils curl=curl \
+  chromium=chromium
 
 if ! command -v garage >/dev/null && [ ! -x "$HOME/.cargo/bin/garage" ]; then
   echo "test.sh: installing Garage for the S3 tests; this takes ~20 minutes, once per machine"

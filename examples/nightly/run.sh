@@ -15,15 +15,8 @@ root=$(cd "$here/../.." && pwd)
 work=${1:-$root/target/nightly}
 size=${2:-2G}
 
-need=()
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v qemu-io >/dev/null || need+=(qemu-utils)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash "$root/scripts/need.sh" mkfs.ext4=e2fsprogs debugfs=e2fsprogs qemu-io=qemu-utils \
+    python3=python3
 
 echo "== building blockyard (release)"
 (cd "$root" && cargo build --release --locked -p blockyard)
