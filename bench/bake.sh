@@ -131,7 +131,6 @@ report=$work/results/bake-$(date -u +%Y%m%d-%H%M).md
     echo "# Bake of night 2 with three local regions"
     echo
     machine_section "$run"
-    echo "- commit: $(cd "$root" && git rev-parse --short HEAD)"
     echo "- images: $(du -h --apparent-size "$night1" | cut -f1); medians of $repeat runs"
     echo "- night 2: $(megabytes "$(med CHANGED bake)") MB changed by the update script;" \
         "$(megabytes "$(med MOVED bake)") MB moved to the three regions together"

@@ -277,6 +277,7 @@ machine_section() {
         echo "- priority: normal (not root)"
     fi
     echo "- file system of the work dir: $(findmnt -n -o FSTYPE,SOURCE --target "$work" | tr -s " ")"
+    echo "- commit: $(git -C "$root" describe --always --dirty)"
 }
 
 # table_header ALIGNMENT COLUMN...: the header row and rule of a Markdown table. ALIGNMENT

@@ -136,7 +136,6 @@ report=$work/results/pull-$(date -u +%Y%m%d-%H%M).md
     echo "# Pull of night 2 onto a runner"
     echo
     machine_section "$run"
-    echo "- commit: $(cd "$root" && git rev-parse --short HEAD)"
     echo "- images: $(du -h --apparent-size "$night1" | cut -f1) each; medians of $repeat runs"
     echo "- night 2 against night 1: $diff_indexes indexes differ, $diff_blocks distinct" \
         "blocks, $(megabytes "$diff_bytes") MB in the store's block files"
