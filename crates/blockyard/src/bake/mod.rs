@@ -437,13 +437,14 @@ impl PipelineRunner<'_, '_> {
         let log = self.entry().log.clone();
         let start = self.now();
         let ran = update::run(&pipeline.command, &prepared.path, self.bake.folder(), &log).await;
-        let (succeeded, outcome) = match ran {
-            Ok(ran) => ran,
+        let outcome = match ran {
+            Ok(outcome) => outcome,
             Err(e) => {
                 self.phase("update", &home_name, start, Status::Failed)?;
                 return Err(e);
             }
         };
+        let succeeded = outcome.succeeded();
         let status = if succeeded {
             Status::Succeeded
         } else {

@@ -25,7 +25,7 @@ pub(crate) async fn run(
     volume: &Path,
     folder: &Path,
     log: &Path,
-) -> Result<(bool, UpdateOutcome)> {
+) -> Result<UpdateOutcome> {
     let volume_text = volume.to_string_lossy();
     let arguments: Vec<String> = command
         .iter()
@@ -63,15 +63,19 @@ pub(crate) async fn run(
         .await
         .with_context(|| format!("cannot start the update command {program:?}"))?;
 
-    let outcome = UpdateOutcome {
+    Ok(UpdateOutcome {
         exit_code: status.code(),
         signal: status.signal(),
         tail: tail(log, start).unwrap_or_else(|e| format!("(the log cannot be read: {e})")),
-    };
-    Ok((status.success(), outcome))
+    })
 }
 
 impl UpdateOutcome {
+    /// Whether the command exited with status 0.
+    pub(crate) fn succeeded(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+
     /// How the command ended, for people: `exit status 3`, `killed by signal 9`.
     pub(crate) fn describe(&self) -> String {
         match (self.exit_code, self.signal) {
@@ -110,7 +114,7 @@ mod tests {
         let volume = dir.path().join("disk.raw");
         let log = dir.path().join("logs/update.log");
         let script = "echo arg=$0; echo env=$BLOCKYARD_VOLUME; echo oops >&2";
-        let (ok, outcome) = run(
+        let outcome = run(
             &command(&["sh", "-c", script, "{volume}"]),
             &volume,
             dir.path(),
@@ -118,7 +122,7 @@ mod tests {
         )
         .await
         .expect("run");
-        assert!(ok);
+        assert!(outcome.succeeded());
         assert_eq!(outcome.exit_code, Some(0));
         let shown = volume.display();
         assert_eq!(outcome.tail, format!("arg={shown}\nenv={shown}\noops"));
@@ -131,7 +135,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("update.log");
         let script = "for i in $(seq 1 100); do echo line $i; done; exit 3";
-        let (ok, outcome) = run(
+        let outcome = run(
             &command(&["sh", "-c", script]),
             Path::new("/nonexistent"),
             dir.path(),
@@ -139,7 +143,7 @@ mod tests {
         )
         .await
         .expect("run");
-        assert!(!ok);
+        assert!(!outcome.succeeded());
         assert_eq!(outcome.describe(), "exit status 3");
         let lines: Vec<&str> = outcome.tail.lines().collect();
         assert_eq!(lines.len(), TAIL_LINES);
